@@ -1,0 +1,69 @@
+-- Shared helpers, prepended to every gqm script when it is loaded (see gqm/_scripts.py).
+-- Job records are JSON objects in the queue's `jobs` hash (id -> record); payloads and
+-- results live in their own hashes so that state changes never re-encode a payload.
+-- Every key comes in through KEYS; all keys of one queue share the `{queue}` hash tag.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local TERMINAL = { completed = true, dead_letter = true, canceled = true, stopped = true, failed = true }
+
+local function load_job(jobs, id)
+  local raw = redis.call('HGET', jobs, id)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function save_job(jobs, id, rec)
+  redis.call('HSET', jobs, id, cjson.encode(rec))
+end
+
+local function day_of(ms)
+  return tostring(math.floor(ms / 86400000))
+end
+
+-- Tell a waiting Client.result() that the job reached a terminal state.
+local function notify_done(channel_prefix, id, rec)
+  if rec.notify then
+    redis.call('PUBLISH', channel_prefix .. id, rec.status)
+    rec.notify = nil
+  end
+end
+
+-- Drop terminal records older than ttl ms from an index zset (scored by finish time) and
+-- from the record hashes. ttl < 0 keeps them forever. Returns the ids removed, so the
+-- caller can clean the global id index (which lives in another slot).
+local function sweep(index, ttl, now, jobs, payloads, results, limit)
+  if ttl < 0 then return {} end
+  local old = redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl, 'LIMIT', 0, limit)
+  if #old > 0 then
+    redis.call('HDEL', jobs, unpack(old))
+    redis.call('HDEL', payloads, unpack(old))
+    redis.call('HDEL', results, unpack(old))
+    redis.call('ZREM', index, unpack(old))
+  end
+  return old
+end
+
+-- Put a job into a terminal state and apply retention: ttl 0 deletes the record at once,
+-- otherwise it is indexed by finish time and swept later (ttl -1 keeps it).
+local function finalize(rec, id, index, ttl, now, jobs, payloads, results)
+  rec.completed_at = now
+  if ttl == 0 then
+    redis.call('HDEL', jobs, id)
+    redis.call('HDEL', payloads, id)
+    redis.call('HDEL', results, id)
+  else
+    save_job(jobs, id, rec)
+    redis.call('ZADD', index, now, id)
+  end
+end
+
+-- Wake idle fetchers when a ready list goes from empty to non-empty.
+local function push_ready(ready, id, front, wake_channel)
+  local len
+  if front then len = redis.call('RPUSH', ready, id) else len = redis.call('LPUSH', ready, id) end
+  if len == 1 then redis.call('PUBLISH', wake_channel, 'r') end
+end

@@ -1,0 +1,55 @@
+-- Enqueue one or more jobs into one queue.
+-- KEYS: jobs, payloads, results, ready, scheduled, completed, dead
+-- ARGV: wake_channel, then per job: id, record (JSON), payload, mode, when_ms, nonce
+--   mode: 'b' back of the queue, 'f' front, 'i' in when_ms ms, 'a' at unix ms when_ms
+-- Returns per job {code, status}: 0 created, 1 replay of this very call (lost reply),
+--   -1 duplicate (the id is taken; status is the existing job's).
+local jobs, payloads, results, ready, scheduled, completed, dead =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local wake = ARGV[1]
+local now = now_ms()
+local out = {}
+local earliest = nil
+for i = 2, #ARGV, 6 do
+  local id, mode, when, nonce = ARGV[i], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5]
+  local rec = cjson.decode(ARGV[i + 1])
+  local old = load_job(jobs, id)
+  local code = 0
+  if old then
+    if old.nonce == nonce then
+      code = 1
+    elseif rec.unique or not TERMINAL[old.status] then
+      code = -1
+    else
+      -- The id is reused after its job finished: forget the old run.
+      redis.call('ZREM', completed, id)
+      redis.call('ZREM', dead, id)
+      redis.call('HDEL', results, id)
+    end
+  end
+  if code ~= 0 then
+    table.insert(out, { code, old.status })
+  else
+    rec.created_at = now
+    rec.nonce = nonce
+    local due = nil
+    if mode == 'i' then due = now + when elseif mode == 'a' then due = when end
+    if due and due > now then
+      rec.status = 'scheduled'
+      rec.scheduled_at = due
+      redis.call('ZADD', scheduled, due, id)
+      if earliest == nil or due < earliest then earliest = due end
+    else
+      rec.status = 'ready'
+    end
+    save_job(jobs, id, rec)
+    redis.call('HSET', payloads, id, ARGV[i + 2])
+    if rec.status == 'ready' then push_ready(ready, id, mode == 'f', wake) end
+    table.insert(out, { 0, rec.status })
+  end
+end
+if earliest then
+  local first = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')
+  if tonumber(first[2]) == earliest then redis.call('PUBLISH', wake, 's') end
+end
+return out

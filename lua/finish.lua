@@ -1,0 +1,80 @@
+-- Record the outcome of claimed jobs of one queue, fenced by their claim tokens.
+-- KEYS: leases, jobs, payloads, results, scheduled, ready, completed, dead, meta
+-- ARGV: completed_ttl_ms, dead_ttl_ms, done_channel_prefix, wake_channel,
+--   then per job: id, token, outcome, data, n1, n2
+--   outcome 'c' completed: data = encoded result, n1 = 1 if there is a result
+--           'r' retry:     data = error, n1 = delay ms, n2 = 1 if the failure counts
+--           'd' dead:      data = error
+--           'h' hand back (shutdown): the claim is undone and does not count
+-- Returns {codes, swept}: per job 1 done, 2 already done by this same token (a replayed
+--   call), 0 refused (the token no longer owns the job: its lease was lost); swept are ids
+--   whose retention expired.
+local leases, jobs, payloads, results, scheduled, ready, completed, dead, meta =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local completed_ttl, dead_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local done_prefix, wake = ARGV[3], ARGV[4]
+local now = now_ms()
+local day = day_of(now)
+local codes = {}
+local processed, failed = 0, 0
+for i = 5, #ARGV, 6 do
+  local id, token, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local rec = load_job(jobs, id)
+  local code = 0
+  if rec and rec.token == token then
+    if rec.status == 'processing' then
+      code = 1
+      redis.call('ZREM', leases, id)
+      rec.worker_id = nil
+      if outcome == 'c' then
+        rec.status = 'completed'
+        rec.error = nil
+        if ARGV[i + 4] == '1' and completed_ttl ~= 0 then redis.call('HSET', results, id, data) end
+        finalize(rec, id, completed, completed_ttl, now, jobs, payloads, results)
+        processed = processed + 1
+        notify_done(done_prefix, id, rec)
+      elseif outcome == 'r' then
+        local due = now + tonumber(ARGV[i + 4])
+        rec.status = 'retry'
+        rec.error = data
+        rec.scheduled_at = due
+        if ARGV[i + 5] == '1' then rec.retry_count = (rec.retry_count or 0) + 1 end
+        save_job(jobs, id, rec)
+        redis.call('ZADD', scheduled, due, id)
+        local first = redis.call('ZRANGE', scheduled, 0, 0)
+        if first[1] == id then redis.call('PUBLISH', wake, 's') end
+        failed = failed + 1
+      elseif outcome == 'd' then
+        rec.status = 'dead_letter'
+        rec.error = data
+        finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results)
+        failed = failed + 1
+        notify_done(done_prefix, id, rec)
+      else
+        rec.status = 'ready'
+        rec.attempt = rec.attempt - 1
+        rec.token = nil
+        save_job(jobs, id, rec)
+        push_ready(ready, id, true, wake)
+      end
+    elseif (outcome == 'c' and rec.status == 'completed')
+        or (outcome == 'r' and (rec.status == 'retry' or rec.status == 'scheduled'))
+        or (outcome == 'd' and rec.status == 'dead_letter') then
+      code = 2
+    end
+  end
+  table.insert(codes, code)
+end
+if processed > 0 then
+  redis.call('HINCRBY', meta, 'processed', processed)
+  redis.call('HINCRBY', meta, 'processed:' .. day, processed)
+end
+if failed > 0 then
+  redis.call('HINCRBY', meta, 'failed', failed)
+  redis.call('HINCRBY', meta, 'failed:' .. day, failed)
+end
+local swept = sweep(completed, completed_ttl, now, jobs, payloads, results, 100)
+for _, id in ipairs(sweep(dead, dead_ttl, now, jobs, payloads, results, 100)) do
+  table.insert(swept, id)
+end
+return { codes, swept }

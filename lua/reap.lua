@@ -1,0 +1,38 @@
+-- Recover jobs whose lease expired (their worker died or hung): back to the front of the
+-- queue, or to the dead-letter queue once recovered more than max_recoveries times.
+-- KEYS: leases, jobs, payloads, results, ready, dead, meta
+-- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel_prefix
+-- Returns {recovered, dead_lettered, ms until the next lease expires or -1}
+local leases, jobs, payloads, results, ready, dead, meta =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local max_recoveries, dead_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local recovered, buried = 0, 0
+for _, id in ipairs(expired) do
+  redis.call('ZREM', leases, id)
+  local rec = load_job(jobs, id)
+  if rec and rec.status == 'processing' then
+    rec.recoveries = (rec.recoveries or 0) + 1
+    rec.token = nil
+    rec.worker_id = nil
+    if rec.recoveries > max_recoveries then
+      rec.status = 'dead_letter'
+      rec.error = 'lease expired ' .. rec.recoveries .. ' times: the job keeps killing or hanging its worker'
+      finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results)
+      redis.call('HINCRBY', meta, 'failed', 1)
+      redis.call('HINCRBY', meta, 'failed:' .. day_of(now), 1)
+      notify_done(ARGV[5], id, rec)
+      buried = buried + 1
+    else
+      rec.status = 'ready'
+      save_job(jobs, id, rec)
+      push_ready(ready, id, true, ARGV[4])
+      recovered = recovered + 1
+    end
+  end
+end
+local nxt = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+local wait = -1
+if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
+return { recovered, buried, wait }

@@ -1,0 +1,63 @@
+"""gqm: a Redis-backed job queue on anyio, for asyncio and trio.
+
+The public API is exactly ``__all__``; everything else is internal.
+"""
+
+from __future__ import annotations
+
+from ._job import ACTIVE_STATES, TERMINAL_STATES, Job, JobStatus
+from ._pool import DequeueStrategy, PoolConfig
+from ._runner import Handler, Middleware
+from ._task import Task, task
+from ._version import __version__
+from .client import MAX_BATCH, BatchItem, Client
+from .errors import (
+    BatchTooLargeError,
+    ConfigurationError,
+    DuplicateJobError,
+    GqmError,
+    JobFailedError,
+    JobNotFoundError,
+    PayloadTooLargeError,
+    RedisConnectionError,
+    RedisError,
+    RedisReplyError,
+    SerializationError,
+    ServerStateError,
+    SkipRetry,
+)
+from .retry import Backoff, RetryPolicy
+from .server import Server
+
+__all__ = [
+    "ACTIVE_STATES",
+    "MAX_BATCH",
+    "TERMINAL_STATES",
+    "Backoff",
+    "BatchItem",
+    "BatchTooLargeError",
+    "Client",
+    "ConfigurationError",
+    "DequeueStrategy",
+    "DuplicateJobError",
+    "GqmError",
+    "Handler",
+    "Job",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobStatus",
+    "Middleware",
+    "PayloadTooLargeError",
+    "PoolConfig",
+    "RedisConnectionError",
+    "RedisError",
+    "RedisReplyError",
+    "RetryPolicy",
+    "SerializationError",
+    "Server",
+    "ServerStateError",
+    "SkipRetry",
+    "Task",
+    "__version__",
+    "task",
+]

@@ -1,0 +1,159 @@
+"""The job record: what is stored in Redis, and the typed ``Job`` handlers receive."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+P = TypeVar("P")
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. See :data:`TERMINAL_STATES` and :data:`ACTIVE_STATES`."""
+
+    READY = "ready"
+    SCHEDULED = "scheduled"
+    DEFERRED = "deferred"
+    PROCESSING = "processing"
+    RETRY = "retry"
+    COMPLETED = "completed"
+    DEAD_LETTER = "dead_letter"
+    CANCELED = "canceled"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+#: States a job never leaves by itself; records in them expire after the retention TTL.
+TERMINAL_STATES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELED, JobStatus.STOPPED, JobStatus.FAILED}
+)
+#: States of a job that will still run (or is running).
+ACTIVE_STATES = frozenset(JobStatus) - TERMINAL_STATES
+
+
+class JobRecord(msgspec.Struct, omit_defaults=True):
+    """The job as stored in the queue's ``jobs`` hash (JSON), without payload and result.
+
+    Scripts read and rewrite it; unknown fields are kept by Lua and ignored here, so that
+    rolling deploys of newer versions keep working. Times are Redis milliseconds.
+    """
+
+    id: str
+    type: str
+    queue: str
+    status: str = "ready"
+    attempt: int = 0
+    retry_count: int = 0
+    recoveries: int = 0
+    max_retry: int | None = None
+    timeout: float | None = None
+    retry_intervals: list[float] | None = None
+    meta: dict[str, str] | None = None
+    enqueued_by: str | None = None
+    unique: bool = False
+    at_front: bool = False
+    created_at: int | None = None
+    scheduled_at: int | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    error: str | None = None
+    worker_id: str | None = None
+    token: str | None = None
+
+
+record_encoder = msgspec.json.Encoder()
+record_decoder = msgspec.json.Decoder(JobRecord)
+json_encoder = msgspec.json.Encoder()
+any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+
+
+def _ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
+    """A job, as handlers receive it and as :meth:`Client.get_job` returns it.
+
+    ``payload`` is decoded to the task's payload type (a ``dict`` for untyped jobs).
+    ``result`` is the decoded return value of the handler once the job completed.
+    """
+
+    id: str
+    type: str
+    queue: str
+    payload: P
+    status: JobStatus
+    attempt: int = 0
+    retry_count: int = 0
+    recoveries: int = 0
+    max_retry: int | None = None
+    timeout: float | None = None
+    retry_intervals: tuple[float, ...] | None = None
+    meta: dict[str, str] = msgspec.field(default_factory=dict)
+    enqueued_by: str | None = None
+    unique: bool = False
+    created_at: datetime | None = None
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+    worker_id: str | None = None
+    result: Any = None
+
+    @classmethod
+    def _from_record(cls, rec: JobRecord, payload: P, result: Any = None) -> Job[P]:
+        return cls(
+            id=rec.id,
+            type=rec.type,
+            queue=rec.queue,
+            payload=payload,
+            status=JobStatus(rec.status),
+            attempt=rec.attempt,
+            retry_count=rec.retry_count,
+            recoveries=rec.recoveries,
+            max_retry=rec.max_retry,
+            timeout=rec.timeout,
+            retry_intervals=tuple(rec.retry_intervals) if rec.retry_intervals else None,
+            meta=rec.meta or {},
+            enqueued_by=rec.enqueued_by,
+            unique=rec.unique,
+            created_at=_ts(rec.created_at),
+            scheduled_at=_ts(rec.scheduled_at),
+            started_at=_ts(rec.started_at),
+            completed_at=_ts(rec.completed_at),
+            error=rec.error,
+            worker_id=rec.worker_id,
+            result=result,
+        )
+
+
+_last_ms = 0
+_counter = 0
+
+
+def uuid7() -> str:
+    """A UUIDv7 string: time-ordered, so ids sort by creation time.
+
+    Uses a 12-bit counter within the same millisecond (RFC 9562 method 1) so that ids
+    made in one process are strictly increasing.
+    """
+    global _last_ms, _counter
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:
+        ms = _last_ms
+        _counter += 1
+        if _counter > 0xFFF:
+            ms += 1
+            _counter = 0
+    else:
+        _counter = int.from_bytes(os.urandom(2)) & 0x3FF
+    _last_ms = ms
+    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

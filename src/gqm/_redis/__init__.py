@@ -1,0 +1,56 @@
+"""The Redis layer: one driver protocol, two implementations, one factory.
+
+The core calls :func:`open_driver` and then speaks only to
+:class:`~gqm._redis._protocol.Driver`. The implementation is chosen by the client object
+the user injected, if any, else by the running async library: redis-py on asyncio,
+coredis on trio (redis-py cannot run under trio).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sniffio
+
+from ..errors import ConfigurationError
+from ._protocol import Arg, Command, Driver, Subscription
+from ._settings import RedisSettings
+
+__all__ = ["Arg", "Command", "Driver", "RedisSettings", "Subscription", "open_driver"]
+
+
+def _is_redispy_client(obj: object) -> bool:
+    module = type(obj).__module__
+    return module.startswith("redis.asyncio")
+
+
+def _is_coredis_client(obj: object) -> bool:
+    return type(obj).__module__.startswith("coredis")
+
+
+def open_driver(client: Any | None, settings: RedisSettings) -> Driver:
+    """Return a driver for an injected ``client``, or build one from ``settings``.
+
+    Must be called from inside the event loop that will use the driver.
+    """
+    if client is not None:
+        if _is_redispy_client(client):
+            from ._redispy import RedisPyDriver
+
+            return RedisPyDriver(client, owned=False)
+        if _is_coredis_client(client):
+            from ._coredis import CoredisDriver
+
+            return CoredisDriver(client, owned=False)
+        raise ConfigurationError(
+            f"unsupported Redis client {type(client).__qualname__}: pass a "
+            "redis.asyncio.Redis (asyncio) or a coredis.Redis (trio or asyncio)"
+        )
+    library = sniffio.current_async_library()
+    if library == "trio":
+        from ._coredis import CoredisDriver
+
+        return CoredisDriver.from_settings(settings)
+    from ._redispy import RedisPyDriver
+
+    return RedisPyDriver.from_settings(settings)

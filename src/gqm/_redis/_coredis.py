@@ -1,0 +1,410 @@
+"""The trio-capable driver, on coredis 6 (built on anyio, so it runs on trio and asyncio).
+
+Lifecycle: a coredis 6 client must be *entered* before use (``async with client:``);
+entering it opens its connection pool, which runs an anyio task group hosting one
+reader/writer task pair per connection. That task group belongs to the task that
+entered it, which gives the one constraint of this driver:
+
+    :meth:`CoredisDriver.open` and :meth:`CoredisDriver.aclose` must be called **in the
+    same task, like the two halves of an** ``async with`` **block**: from a task that
+    outlives every use of the driver, with any cancel scope or task group opened in
+    between closed before ``aclose``. ``async with driver:`` does exactly that.
+
+Violating it breaks in ways that are hard to trace: entered from a short-lived task
+(a worker, a request handler), the pool's task group dies or is cancelled with that
+task and takes every connection with it; exited from another task, anyio refuses to
+close the task group ("cancel scope in a different task").
+
+For convenience the driver also opens itself lazily, on first use, when nobody called
+:meth:`open` (see :meth:`CoredisDriver.open` for when that is safe). An injected client
+is normally entered by its owner already; if it is not, the driver enters it the same
+way and exits it again in :meth:`~CoredisDriver.aclose`.
+
+Replies are raw: commands are sent with coredis' no-op response callback, so bulk strings
+come back as ``bytes``, integers as ``int``, arrays as nested ``list``, nil as ``None``.
+coredis speaks RESP3 only (as redis-py 8 does by default); RESP3 sets are returned as
+``list`` (as hiredis does), maps as ``dict``, doubles as ``float``. Lua replies are
+RESP2-shaped regardless (Redis converts them with the script's protocol, 2 by default).
+"""
+
+from __future__ import annotations
+
+import math
+import ssl as _ssl
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+from urllib.parse import urlsplit
+
+import anyio
+import coredis
+from coredis import exceptions as cexc
+from coredis.response._callbacks import NoopCallback
+
+from gqm.errors import RedisConnectionError, RedisError, RedisReplyError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from types import TracebackType
+
+    from anyio.abc import TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._protocol import Arg, Command, Subscription
+    from ._settings import RedisSettings
+
+__all__ = ["CoredisDriver"]
+
+#: Returns the RESP reply untouched (``create_request`` requires a callback).
+_RAW: NoopCallback[Any] = NoopCallback()
+
+#: Commands that hold their connection until the reply arrives. coredis multiplexes
+#: every other command on a shared connection, so a blocking command it does not know
+#: about would stall the commands queued behind it. coredis flags BLMOVE, BLPOP,
+#: BZPOPMIN, XREAD... itself; these are the ones it misses.
+_EXTRA_BLOCKING = frozenset({b"WAIT", b"WAITAOF"})
+
+#: Query parameters of a ``rediss://`` URL that configure TLS in coredis' URL parser.
+_URL_TLS_PARAMS = ("ssl_keyfile", "ssl_certfile", "ssl_check_hostname", "ssl_ca_certs",
+                   "ssl_cert_reqs")
+
+
+def _translate(err: BaseException) -> BaseException:
+    """Map a coredis (or transport) error to gqm's error tree; others pass through."""
+    if isinstance(err, ExceptionGroup):
+        # coredis' task groups can wrap the real error; unwrap a group of known errors.
+        leaves = err.exceptions
+        if leaves and all(isinstance(e, cexc.RedisError | OSError | ExceptionGroup)
+                          for e in leaves):
+            return _translate(leaves[0])
+        return err
+    if isinstance(err, cexc.NoScriptError):
+        return RedisReplyError(f"NOSCRIPT {err}")
+    if isinstance(err, cexc.AuthenticationError):
+        # WRONGPASS / NOAUTH happen while connecting: redis-py raises them as
+        # connection errors too.
+        return RedisConnectionError(str(err) or type(err).__name__)
+    if isinstance(err, cexc.ConnectionError | OSError):
+        # OSError covers TimeoutError (reply or connect timeout) and refused sockets;
+        # coredis' ConnectionError covers lost connections and LOADING.
+        return RedisConnectionError(str(err) or type(err).__name__)
+    if isinstance(err, cexc.ResponseError | cexc.NoKeyError):
+        return RedisReplyError(str(err))
+    if isinstance(err, cexc.RedisError):
+        return RedisError(str(err) or type(err).__name__)
+    return err
+
+
+def _raise(err: BaseException) -> NoReturn:
+    """Raise ``err`` translated to gqm's error tree (unchanged if it is not ours)."""
+    translated = _translate(err)
+    if translated is err:
+        raise err
+    raise translated from err
+
+
+def _normalize(value: Any) -> Any:
+    """Bring a parsed RESP3 reply to the raw shapes redis-py/hiredis return.
+
+    Only containers and nested errors need work; scalars are returned as they are.
+    """
+    kind = type(value)
+    if kind is bytes or kind is int or value is None:
+        return value
+    if kind is list:
+        for i, item in enumerate(value):
+            if not (type(item) is bytes or type(item) is int or item is None):
+                value[i] = _normalize(item)
+        return value
+    if kind is dict:
+        return {_normalize(k): _normalize(v) for k, v in value.items()}
+    if kind is set or kind is frozenset or kind is tuple:
+        # RESP3 sets (and the tuples coredis makes of unhashable set members / map keys)
+        return [_normalize(item) for item in value]
+    if isinstance(value, BaseException):
+        # An error nested in an array (a Lua table holding redis.error_reply(...)).
+        return _translate(value)
+    return value
+
+
+def _encode_arg(arg: Arg) -> Any:
+    # Floats as redis-py sends them (repr, full precision); coredis would use %.15g.
+    if type(arg) is float:
+        return repr(arg).encode()
+    return arg
+
+
+def _command_name(name: Arg) -> bytes:
+    # Upper case, because coredis looks the name up to decide whether the command blocks.
+    if isinstance(name, bytes):
+        return name.upper()
+    return str(name).upper().encode()
+
+
+class _CoredisSubscription:
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[tuple[bytes, bytes] | BaseException]
+    ) -> None:
+        self._receive = receive
+
+    async def get_message(self) -> tuple[bytes, bytes]:
+        try:
+            item = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise RedisConnectionError("the subscription is closed") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class CoredisDriver:
+    """:class:`~gqm._redis._protocol.Driver` on a ``coredis.Redis`` client.
+
+    Use it as ``async with driver:`` or call :meth:`open` / :meth:`aclose` in the same
+    task (see the module docstring for why).
+    """
+
+    name = "coredis"
+
+    def __init__(
+        self,
+        client: coredis.Redis[Any],
+        *,
+        owned: bool,
+        subscribe_timeout: float = 5.0,
+        keepalive_interval: float = 15.0,
+    ) -> None:
+        """Wrap ``client``; ``owned`` means this driver closes it in :meth:`aclose`.
+
+        ``subscribe_timeout`` bounds the wait for Redis to acknowledge a SUBSCRIBE;
+        ``keepalive_interval`` is the idle time after which a subscribed connection is
+        checked with a PING (so that a dead peer is noticed).
+        """
+        self._client = client
+        self._owned = owned
+        self._subscribe_timeout = subscribe_timeout
+        self._keepalive_interval = keepalive_interval
+        self._lock = anyio.Lock()
+        self._opened = False
+        self._closed = False
+        self._stack: AsyncExitStack | None = None
+        self._opener_task: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> CoredisDriver:
+        """Build a client that this driver owns (and closes)."""
+        kwargs: dict[str, Any] = {
+            "decode_responses": False,
+            "stream_timeout": settings.socket_timeout,
+            "connect_timeout": settings.connect_timeout,
+            "max_connections": settings.max_connections,
+        }
+        if settings.url is not None:
+            parts = urlsplit(settings.url)
+            if parts.scheme == "rediss" or (settings.ssl and parts.scheme == "redis"):
+                ssl_context = settings.ssl_context
+                if ssl_context is None and not any(p in parts.query for p in _URL_TLS_PARAMS):
+                    # coredis' own default for rediss:// does not verify the server
+                    # (CERT_OPTIONAL, no hostname check); verify as redis-py does.
+                    ssl_context = _ssl.create_default_context()
+                if ssl_context is not None:
+                    kwargs["ssl_context"] = ssl_context
+            client: coredis.Redis[Any] = coredis.Redis.from_url(settings.url, **kwargs)
+            # coredis lets the URL win over keywords; gqm's settings say the opposite.
+            overrides = client.connection_pool.connection_kwargs
+            if settings.password is not None:
+                overrides["password"] = settings.password
+            if settings.username is not None:
+                overrides["username"] = settings.username
+            if settings.db is not None:
+                overrides["db"] = settings.db
+        else:
+            kwargs.update(
+                host=settings.host,
+                port=settings.port,
+                db=settings.db or 0,
+                password=settings.password,
+                username=settings.username,
+            )
+            if settings.ssl:
+                kwargs["ssl_context"] = settings.ssl_context or _ssl.create_default_context()
+            client = coredis.Redis(**kwargs)
+        return cls(
+            client,
+            owned=True,
+            subscribe_timeout=max(1.0, settings.connect_timeout),
+            keepalive_interval=float(max(1, settings.health_check_interval)),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _client_is_open(self) -> bool:
+        try:
+            self._client.connection_pool.task_group  # noqa: B018 - raises when not entered
+        except RuntimeError:
+            return False
+        return True
+
+    async def open(self) -> None:
+        """Enter the client (open its connection pool) unless it is open already.
+
+        Idempotent. Call it from the task that will call :meth:`aclose`, a task that
+        outlives every use of the driver (``async with driver:`` does both).
+
+        If nobody calls it, the first command does: that is only right when the task
+        issuing that first command is such a long-lived task, as in a script that
+        opens a client, uses it and closes it in one function. An injected client the
+        user already entered is used as it is and never exited by the driver.
+        """
+        if self._opened:
+            return
+        async with self._lock:
+            if not self._opened:  # not opened by another task while this one waited
+                await self._enter()
+
+    async def _enter(self) -> None:
+        if self._closed:
+            raise RedisConnectionError("the coredis driver is closed")
+        if self._owned or not self._client_is_open():
+            stack = AsyncExitStack()
+            try:
+                await stack.enter_async_context(self._client)
+            except (cexc.RedisError, OSError, ExceptionGroup) as err:
+                _raise(err)
+            self._stack = stack
+            self._opener_task = anyio.get_current_task().id
+        self._opened = True
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this driver opened it; idempotent.
+
+        Must run in the task that opened the driver (see :meth:`open`); from another
+        task the pool's task group cannot be exited, so the connections are dropped
+        and :class:`RuntimeError` is raised to point at the misuse.
+        """
+        async with self._lock:
+            self._closed = True
+            self._opened = False
+            stack, self._stack = self._stack, None
+            opener, self._opener_task = self._opener_task, None
+        if stack is None:
+            return
+        if anyio.get_current_task().id != opener:
+            # Best effort: drop every connection so that no socket leaks, then report.
+            self._client.connection_pool.disconnect()
+            raise RuntimeError(
+                "CoredisDriver.aclose() must be called in the task that opened the driver "
+                "(coredis' connection pool runs a task group owned by that task); use "
+                "`async with driver:` or call open() and aclose() from the same task"
+            )
+        await stack.aclose()
+
+    async def __aenter__(self) -> CoredisDriver:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- commands --------------------------------------------------------------------
+
+    async def execute(self, *args: Arg) -> Any:
+        if not self._opened:
+            await self.open()
+        client = self._client
+        name = _command_name(args[0])
+        request = client.create_request(
+            name, *[_encode_arg(a) for a in args[1:]], callback=_RAW
+        )
+        if name in _EXTRA_BLOCKING:
+            request.blocking = True
+        try:
+            reply = await client.execute_command(request)
+        except (cexc.RedisError, OSError, ExceptionGroup) as err:
+            _raise(err)
+        return _normalize(reply)
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        if not commands:
+            return []
+        if not self._opened:
+            await self.open()
+        try:
+            async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                for command in commands:
+                    pipe.create_request(
+                        _command_name(command[0]),
+                        *[_encode_arg(a) for a in command[1:]],
+                        callback=_RAW,
+                    )
+        except (cexc.RedisError, OSError, ExceptionGroup) as err:
+            _raise(err)
+        replies = pipe.results
+        assert replies is not None
+        return [_normalize(r) for r in replies]
+
+    # -- publish/subscribe -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(self, *channels: str) -> AsyncIterator[Subscription]:
+        """Subscribe on a dedicated connection; a lost connection makes
+        ``get_message`` raise :class:`~gqm.errors.RedisConnectionError` (coredis'
+        automatic reconnection is turned off, so that the caller knows messages may
+        have been missed)."""
+        if not self._opened:
+            await self.open()
+        send, receive = anyio.create_memory_object_stream[tuple[bytes, bytes] | BaseException](
+            math.inf
+        )
+        stop = anyio.CancelScope()
+        with receive:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._pump, channels, send, stop)
+                try:
+                    yield _CoredisSubscription(receive)
+                finally:
+                    # Leave coredis' PubSub through its normal exit (it unsubscribes and
+                    # returns a clean connection to the pool), not by cancelling it.
+                    stop.cancel()
+
+    async def _pump(
+        self,
+        channels: tuple[str, ...],
+        send: MemoryObjectSendStream[tuple[bytes, bytes] | BaseException],
+        stop: anyio.CancelScope,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run coredis' PubSub in a task of its own and forward its messages.
+
+        coredis' PubSub runs a task group: when its connection dies, it cancels the
+        code inside ``async with pubsub`` and raises on exit. Hosting it here keeps
+        that inside this task, and the subscriber gets the error from ``get_message``.
+        """
+        started = False
+        with send:
+            try:
+                pubsub = self._client.pubsub(
+                    channels=channels,
+                    ignore_subscribe_messages=True,
+                    retry_policy=None,
+                    subscription_timeout=self._subscribe_timeout,
+                    max_idle_seconds=self._keepalive_interval,
+                )
+                async with pubsub:
+                    task_status.started()
+                    started = True
+                    with stop:
+                        while True:
+                            message = await pubsub.get_message()
+                            if message is not None and message["type"] == "message":
+                                channel = cast("bytes", message["channel"])
+                                send.send_nowait((channel, cast("bytes", message["data"])))
+            except (cexc.RedisError, OSError, ExceptionGroup) as err:
+                if not started:
+                    _raise(err)
+                send.send_nowait(_translate(err))

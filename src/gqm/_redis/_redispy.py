@@ -1,0 +1,117 @@
+"""The asyncio driver, on redis-py (``redis.asyncio``) with hiredis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from ..errors import RedisConnectionError, RedisReplyError
+
+if TYPE_CHECKING:
+    from ._protocol import Arg, Command, Subscription
+    from ._settings import RedisSettings
+
+
+def _translate(err: BaseException) -> BaseException:
+    if isinstance(err, rexc.NoScriptError):
+        return RedisReplyError(f"NOSCRIPT {err}")
+    if isinstance(err, rexc.ResponseError):
+        return RedisReplyError(str(err))
+    if isinstance(err, rexc.ConnectionError | rexc.TimeoutError | OSError):
+        return RedisConnectionError(str(err) or type(err).__name__)
+    return err
+
+
+class _RedisPySubscription:
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def get_message(self) -> tuple[bytes, bytes]:
+        try:
+            while True:
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if msg is not None and msg["type"] == "message":
+                    return msg["channel"], msg["data"]
+        except (rexc.RedisError, OSError) as err:
+            raise _translate(err) from err
+
+
+class RedisPyDriver:
+    """:class:`~gqm._redis._protocol.Driver` on a ``redis.asyncio.Redis`` client."""
+
+    name = "redis-py"
+
+    def __init__(self, client: aioredis.Redis, *, owned: bool) -> None:
+        self._client = client
+        self._owned = owned
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> RedisPyDriver:
+        """Build a client that this driver owns (and closes)."""
+        kwargs: dict[str, Any] = {
+            "decode_responses": False,
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.connect_timeout,
+            "health_check_interval": settings.health_check_interval,
+            "max_connections": settings.max_connections,
+        }
+        if settings.url is not None:
+            if settings.password is not None:
+                kwargs["password"] = settings.password
+            if settings.username is not None:
+                kwargs["username"] = settings.username
+            if settings.db is not None:
+                kwargs["db"] = settings.db
+            if settings.ssl_context is not None:
+                kwargs["ssl_context"] = settings.ssl_context
+            client = aioredis.Redis.from_url(settings.url, **kwargs)
+        else:
+            kwargs.update(
+                host=settings.host,
+                port=settings.port,
+                db=settings.db or 0,
+                password=settings.password,
+                username=settings.username,
+            )
+            if settings.ssl:
+                kwargs["ssl"] = True
+                if settings.ssl_context is not None:
+                    kwargs["ssl_context"] = settings.ssl_context
+            client = aioredis.Redis(**kwargs)
+        return cls(client, owned=True)
+
+    async def execute(self, *args: Arg) -> Any:
+        try:
+            return await self._client.execute_command(*args)
+        except (rexc.RedisError, OSError) as err:
+            raise _translate(err) from err
+
+    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (rexc.RedisError, OSError) as err:
+            raise _translate(err) from err
+        return [_translate(r) if isinstance(r, BaseException) else r for r in replies]
+
+    @asynccontextmanager
+    async def subscribe(self, *channels: str) -> AsyncIterator[Subscription]:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            try:
+                await pubsub.subscribe(*channels)
+            except (rexc.RedisError, OSError) as err:
+                raise _translate(err) from err
+            yield _RedisPySubscription(pubsub)
+        finally:
+            await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()

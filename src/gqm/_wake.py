@@ -1,0 +1,98 @@
+"""Wake-ups: idle fetchers and the promoter sleep until Redis says there is work.
+
+The scripts publish on a queue's ``wake`` channel when its ready list goes from empty to
+non-empty (``r``) or when the earliest due time of its scheduled set moves closer
+(``s``). One subscription per server listens to the channels of every queue it serves
+and sets the matching :class:`Signal`. A fetcher takes the signal's current event
+*before* it claims, so a message that arrives between an empty claim and the wait is
+never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._keys import QueueKeys
+from ._redis import Driver
+from .errors import RedisError
+
+log = logging.getLogger("gqm.wake")
+
+
+class Signal:
+    """A resettable event: :meth:`current` returns the event the next :meth:`fire` sets."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def current(self) -> anyio.Event:
+        return self._event
+
+    def fire(self) -> None:
+        event, self._event = self._event, anyio.Event()
+        event.set()
+
+
+class WakeHub:
+    """Routes wake messages of many queues to the signals that wait on them."""
+
+    def __init__(self) -> None:
+        self._ready: dict[str, list[Signal]] = {}
+        self._scheduled: dict[str, list[Signal]] = {}
+        self._channels: dict[str, str] = {}
+
+    def on_ready(self, queue: QueueKeys, signal: Signal) -> None:
+        self._ready.setdefault(queue.name, []).append(signal)
+        self._channels[queue.wake] = queue.name
+
+    def on_scheduled(self, queue: QueueKeys, signal: Signal) -> None:
+        self._scheduled.setdefault(queue.name, []).append(signal)
+        self._channels[queue.wake] = queue.name
+
+    def _fire_all(self) -> None:
+        for signals in (*self._ready.values(), *self._scheduled.values()):
+            for s in signals:
+                s.fire()
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        queue = self._channels.get(channel.decode())
+        if queue is None:
+            return
+        table = self._scheduled if data == b"s" else self._ready
+        for s in table.get(queue, ()):
+            s.fire()
+
+    async def run(self, driver: Driver, *, task_status: TaskStatus[None]) -> None:
+        """Listen until cancelled; re-subscribe after connection losses."""
+        channels: Iterable[str] = sorted(self._channels)
+        if not self._channels:
+            task_status.started()
+            await anyio.sleep_forever()
+        started = False
+        delay = 0.1
+        while True:
+            try:
+                async with driver.subscribe(*channels) as sub:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    else:
+                        # Messages may have been lost while disconnected: look again.
+                        self._fire_all()
+                    delay = 0.1
+                    while True:
+                        channel, data = await sub.get_message()
+                        self._dispatch(channel, data)
+            except RedisError as err:
+                log.warning("wake subscription lost (%s); reconnecting in %.1fs", err, delay)
+                if not started:
+                    task_status.started()
+                    started = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)

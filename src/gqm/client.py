@@ -1,0 +1,459 @@
+"""The producer side: enqueue jobs, look them up, wait for results, pause queues."""
+
+from __future__ import annotations
+
+import ssl as _ssl
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar, overload
+
+import anyio
+
+from . import _scripts as scripts
+from ._job import Job, JobRecord, JobStatus, any_decoder, record_decoder
+from ._keys import Keys, QueueKeys
+from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
+from ._redis import Arg, Driver, RedisSettings, open_driver
+from ._task import Task
+from .errors import (
+    BatchTooLargeError,
+    ConfigurationError,
+    DuplicateJobError,
+    JobFailedError,
+    JobNotFoundError,
+    SerializationError,
+)
+
+P = TypeVar("P")
+
+#: The most jobs one ``enqueue_batch`` call takes (one pipeline).
+MAX_BATCH = 1000
+
+
+class BatchItem(Generic[P]):
+    """One job of :meth:`Client.enqueue_batch`: a job type, its payload and options.
+
+    Takes the keyword options of :meth:`Client.enqueue`, plus ``delay`` (seconds or a
+    timedelta) to make it a delayed job.
+    """
+
+    __slots__ = ("delay", "job_type", "options", "payload")
+
+    def __init__(
+        self,
+        job_type: Task[P] | str,
+        payload: P | None = None,
+        *,
+        delay: float | timedelta | None = None,
+        **options: Any,
+    ) -> None:
+        self.job_type = job_type
+        self.payload = payload
+        self.delay = seconds(delay, "delay")
+        self.options = options
+
+
+class Connection:
+    """A driver and the key layout, opened lazily inside the running event loop.
+
+    Shared by :class:`Client` and :class:`~gqm.Server`.
+    """
+
+    def __init__(self, redis: str | Any | None, prefix: str, settings: RedisSettings) -> None:
+        self.keys = Keys(prefix)
+        self._redis = redis
+        self._settings = settings
+        self._driver: Driver | None = None
+
+    @property
+    def driver(self) -> Driver:
+        if self._driver is None:
+            self._driver = open_driver(
+                None if isinstance(self._redis, str) or self._redis is None else self._redis,
+                self._settings,
+            )
+        return self._driver
+
+    async def aclose(self) -> None:
+        if self._driver is not None:
+            driver, self._driver = self._driver, None
+            with anyio.CancelScope(shield=True):
+                await driver.aclose()
+
+
+def redis_settings(
+    redis: str | Any | None,
+    *,
+    host: str,
+    port: int,
+    db: int | None,
+    username: str | None,
+    password: str | None,
+    ssl: bool | _ssl.SSLContext,
+    socket_timeout: float | None,
+) -> RedisSettings:
+    url = redis if isinstance(redis, str) else None
+    return RedisSettings(
+        url=url,
+        host=host,
+        port=port,
+        db=db,
+        username=username,
+        password=password,
+        ssl=bool(ssl),
+        ssl_context=ssl if isinstance(ssl, _ssl.SSLContext) else None,
+        socket_timeout=socket_timeout,
+    )
+
+
+class Client:
+    """Enqueue jobs and query them.
+
+    ``redis`` is a URL (``redis://host:6379/0``, ``rediss://`` for TLS), an already built
+    client (``redis.asyncio.Redis`` on asyncio, ``coredis.Redis`` on trio or asyncio;
+    that is how Sentinel and custom setups come in) or ``None`` for the keyword settings.
+    The connection opens on first use; use the client as an async context manager (or
+    call :meth:`aclose`) to release it::
+
+        async with gqm.Client("redis://localhost:6379") as client:
+            job = await client.enqueue("email.send", {"to": "a@x.com"})
+    """
+
+    def __init__(
+        self,
+        redis: str | Any | None = None,
+        *,
+        prefix: str = "gqm",
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool | _ssl.SSLContext = False,
+        socket_timeout: float | None = 10.0,
+    ) -> None:
+        settings = redis_settings(
+            redis,
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            ssl=ssl,
+            socket_timeout=socket_timeout,
+        )
+        self._conn = Connection(redis, prefix, settings)
+
+    @property
+    def keys(self) -> Keys:
+        return self._conn.keys
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection (an injected client is left open)."""
+        await self._conn.aclose()
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    @overload
+    async def enqueue(
+        self,
+        task: Task[P],
+        payload: P,
+        *,
+        queue: str | None = None,
+        max_retry: int | None = None,
+        timeout: float | timedelta | None = None,
+        retry_intervals: Sequence[float] | None = None,
+        job_id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        enqueued_by: str | None = None,
+        at_front: bool = False,
+        unique: bool = False,
+    ) -> Job[P]: ...
+    @overload
+    async def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        queue: str | None = None,
+        max_retry: int | None = None,
+        timeout: float | timedelta | None = None,
+        retry_intervals: Sequence[float] | None = None,
+        job_id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        enqueued_by: str | None = None,
+        at_front: bool = False,
+        unique: bool = False,
+    ) -> Job[Any]: ...
+    async def enqueue(
+        self,
+        task: Task[Any] | str,
+        payload: Any = None,
+        *,
+        queue: str | None = None,
+        max_retry: int | None = None,
+        timeout: float | timedelta | None = None,
+        retry_intervals: Sequence[float] | None = None,
+        job_id: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        enqueued_by: str | None = None,
+        at_front: bool = False,
+        unique: bool = False,
+    ) -> Job[Any]:
+        """Enqueue a job to run as soon as a worker is free.
+
+        :param task: a :func:`gqm.task` handle (its payload type is checked) or a job type name.
+        :param payload: the job's data; anything msgspec encodes to JSON (≤ 1 MiB encoded).
+        :param queue: the queue (default ``"default"``).
+        :param max_retry: retries after failures before the job goes to the dead-letter
+            queue (default: the handler's or pool's policy, else 3).
+        :param timeout: the job's run-time limit in seconds (default: pool, then global).
+        :param retry_intervals: seconds to wait before each retry; the last one repeats.
+        :param job_id: a custom id (default: a UUIDv7). While a job with this id is live,
+            enqueueing the same id raises :class:`~gqm.DuplicateJobError`; once it has
+            finished, the id can be used again.
+        :param meta: string metadata kept with the job.
+        :param enqueued_by: who enqueued the job (an audit trail).
+        :param at_front: put the job at the head of the queue.
+        :param unique: make ``job_id`` an idempotency key: the id stays taken until the
+            job's finished record expires (its retention TTL), so a duplicate enqueue
+            raises :class:`~gqm.DuplicateJobError` even after the job completed.
+        :raises DuplicateJobError: the id is taken (see ``job_id`` and ``unique``).
+        """
+        rec = build_record(
+            task,
+            queue=queue,
+            max_retry=max_retry,
+            timeout=timeout,
+            retry_intervals=retry_intervals,
+            job_id=job_id,
+            meta=meta,
+            enqueued_by=enqueued_by,
+            at_front=at_front,
+            unique=unique,
+        )
+        mode = "f" if at_front else "b"
+        (job,) = await self._enqueue([(rec, payload, encode_payload(payload), mode, 0)])
+        return job
+
+    async def enqueue_at(
+        self, task: Task[P] | str, payload: P, when: datetime, **options: Any
+    ) -> Job[P]:
+        """Enqueue a job to become ready at ``when`` (an aware datetime; naive means UTC).
+
+        Takes the keyword options of :meth:`enqueue`.
+        """
+        if not isinstance(when, datetime):
+            raise ConfigurationError(f"when must be a datetime, got {when!r}")
+        ts = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        return await self._enqueue_later(task, payload, "a", int(ts * 1000), options)
+
+    async def enqueue_in(
+        self, task: Task[P] | str, payload: P, delay: float | timedelta, **options: Any
+    ) -> Job[P]:
+        """Enqueue a job to become ready after ``delay`` (seconds or a timedelta),
+        measured on the Redis server's clock. Takes the options of :meth:`enqueue`."""
+        delay_s = seconds(delay, "delay") or 0.0
+        return await self._enqueue_later(task, payload, "i", int(delay_s * 1000), options)
+
+    async def _enqueue_later(
+        self, task: Task[Any] | str, payload: Any, mode: str, when: int, options: dict[str, Any]
+    ) -> Job[Any]:
+        rec = _record_from_options(task, options)
+        (job,) = await self._enqueue([(rec, payload, encode_payload(payload), mode, when)])
+        return job
+
+    async def enqueue_batch(self, items: Sequence[BatchItem[Any]]) -> list[Job[Any]]:
+        """Enqueue up to 1000 jobs in one round trip (one script call per queue).
+
+        Returns the jobs in the order given. Each item is checked before anything is sent;
+        a duplicate id raises :class:`~gqm.DuplicateJobError` after the other jobs were
+        enqueued (its ``job_id`` names the one that was refused).
+        """
+        if len(items) > MAX_BATCH:
+            raise BatchTooLargeError(
+                f"enqueue_batch takes at most {MAX_BATCH} jobs per call, got {len(items)}: "
+                "split the list into chunks"
+            )
+        entries = []
+        for item in items:
+            rec = _record_from_options(item.job_type, item.options)
+            mode = "i" if item.delay else ("f" if rec.at_front else "b")
+            when = int((item.delay or 0) * 1000)
+            entries.append((rec, item.payload, encode_payload(item.payload), mode, when))
+        return await self._enqueue(entries)
+
+    async def _enqueue(
+        self, entries: Sequence[tuple[JobRecord, Any, bytes, str, int]]
+    ) -> list[Job[Any]]:
+        if not entries:
+            return []
+        keys = self.keys
+        by_queue: dict[str, list[int]] = {}
+        for i, (rec, *_rest) in enumerate(entries):
+            by_queue.setdefault(rec.queue, []).append(i)
+        calls: list[tuple[scripts.Script, Sequence[str], Sequence[Arg]]] = []
+        order: list[list[int]] = []
+        enqueue = scripts.script("enqueue")
+        for name, idxs in by_queue.items():
+            q = keys.queue(name)
+            args: list[Arg] = [q.wake]
+            for i in idxs:
+                rec, _payload, data, mode, when = entries[i]
+                args += [rec.id, encode_record(rec), data, mode, when, new_nonce()]
+            calls.append((enqueue, scripts.enqueue_keys(q), args))
+            order.append(idxs)
+        driver = self._conn.driver
+        # The id index and the queue registry live outside the queue's slot; they go in
+        # the same round trip (an index entry without its job is harmless).
+        index: list[Arg] = ["HSET", keys.ids]
+        for rec, *_rest in entries:
+            index += [rec.id, rec.queue]
+        replies = await scripts.run_many(
+            driver, calls, extra=[index, ["SADD", keys.queues, *by_queue]]
+        )
+        jobs: list[Job[Any] | None] = [None] * len(entries)
+        duplicate: DuplicateJobError | None = None
+        for idxs, reply in zip(order, replies, strict=True):
+            for i, (code, status) in zip(idxs, reply, strict=True):
+                rec, payload, *_ = entries[i]
+                st = status.decode() if isinstance(status, bytes) else str(status)
+                if code == -1:
+                    duplicate = duplicate or DuplicateJobError(rec.id, st)
+                    continue
+                jobs[i] = Job._from_record(_with_status(rec, st), payload)
+        if duplicate is not None:
+            raise duplicate
+        return [j for j in jobs if j is not None]
+
+    # -- queries ---------------------------------------------------------------------
+
+    async def _queue_of(self, job_id: str) -> QueueKeys:
+        name = await self._conn.driver.execute("HGET", self.keys.ids, job_id)
+        if name is None:
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        return self.keys.queue(name.decode())
+
+    async def get_job(self, job_id: str) -> Job[Any]:
+        """Return the job with this id; the payload and result are decoded as JSON."""
+        q = await self._queue_of(job_id)
+        raw, payload, result = await self._conn.driver.pipeline(
+            [["HGET", q.jobs, job_id], ["HGET", q.payloads, job_id], ["HGET", q.results, job_id]]
+        )
+        if raw is None:
+            raise JobNotFoundError(f"no job with id {job_id!r} (its record may have expired)")
+        rec = record_decoder.decode(raw)
+        return Job._from_record(
+            rec,
+            any_decoder.decode(payload) if payload else None,
+            any_decoder.decode(result) if result else None,
+        )
+
+    async def result(self, job_id: str, *, timeout: float | None = None) -> Any:
+        """Wait until the job finishes and return its handler's return value.
+
+        Waits on a notification published by the finishing script, not by polling.
+
+        :raises JobFailedError: the job ended in the dead-letter queue or was canceled.
+        :raises TimeoutError: ``timeout`` seconds passed first.
+        :raises JobNotFoundError: there is no such job.
+        """
+        q = await self._queue_of(job_id)
+        driver = self._conn.driver
+        watch = scripts.script("watch")
+        with anyio.fail_after(timeout):
+            async with driver.subscribe(self.keys.done_channel(job_id)) as sub:
+                while True:
+                    reply = await scripts.run(driver, watch, scripts.watch_keys(q), [job_id])
+                    if not reply:
+                        raise JobNotFoundError(f"no job with id {job_id!r}")
+                    if len(reply) > 1:
+                        return _outcome(job_id, reply)
+                    await sub.get_message()
+
+    # -- queue control -----------------------------------------------------------------
+
+    async def pause(self, queue: str) -> bool:
+        """Stop handing out the queue's jobs (enqueueing still works). Returns False if
+        it was already paused."""
+        return await self._set_paused(queue, True)
+
+    async def resume(self, queue: str) -> bool:
+        """Resume a paused queue. Returns False if it was not paused."""
+        return await self._set_paused(queue, False)
+
+    async def _set_paused(self, queue: str, paused: bool) -> bool:
+        q = self.keys.queue(queue)
+        changed = await scripts.run(
+            self._conn.driver,
+            scripts.script("pause"),
+            scripts.pause_keys(q),
+            ["1" if paused else "0", q.wake],
+        )
+        return bool(changed)
+
+    async def is_paused(self, queue: str) -> bool:
+        """Whether the queue is paused."""
+        q = self.keys.queue(queue)
+        return await self._conn.driver.execute("HGET", q.meta, "paused") == b"1"
+
+
+def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobRecord:
+    allowed = {
+        "queue",
+        "max_retry",
+        "timeout",
+        "retry_intervals",
+        "job_id",
+        "meta",
+        "enqueued_by",
+        "at_front",
+        "unique",
+    }
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigurationError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+    return build_record(
+        task,
+        queue=options.get("queue"),
+        max_retry=options.get("max_retry"),
+        timeout=options.get("timeout"),
+        retry_intervals=options.get("retry_intervals"),
+        job_id=options.get("job_id"),
+        meta=options.get("meta"),
+        enqueued_by=options.get("enqueued_by"),
+        at_front=bool(options.get("at_front", False)),
+        unique=bool(options.get("unique", False)),
+    )
+
+
+def _with_status(rec: JobRecord, status: str) -> JobRecord:
+    rec.status = status
+    return rec
+
+
+def _outcome(job_id: str, reply: list[Any]) -> Any:
+    status = reply[0].decode()
+    error = reply[1].decode() if reply[1] else None
+    if status != JobStatus.COMPLETED:
+        raise JobFailedError(job_id, status, error)
+    raw = reply[2] if len(reply) > 2 else None
+    if not raw:
+        return None
+    try:
+        return any_decoder.decode(raw)
+    except Exception as err:  # pragma: no cover - results are written by gqm itself
+        raise SerializationError(f"result of job {job_id!r} is not valid JSON: {err}") from err

@@ -1,0 +1,496 @@
+"""The worker side: the composition root that runs pools, leases and the scheduler.
+
+::
+
+    server = gqm.Server("redis://localhost:6379")
+
+    @server.handler(send_email, workers=5)
+    async def deliver(job: gqm.Job[Email]) -> None: ...
+
+    anyio.run(server.serve)                    # or anyio.run(server.serve, backend="trio")
+
+``serve`` opens one task group that holds the wake subscription, the finisher (batched
+acknowledgements), the lease renewer, the reaper, the promoter, the heartbeat and one task
+group per pool. SIGINT/SIGTERM or :meth:`Server.shutdown` drain gracefully: pools stop
+claiming, running jobs get ``grace_period`` seconds, then they are cancelled and handed
+back at once. Cancelling the caller's scope skips the grace period and hands back at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import ssl as _ssl
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from . import _scripts as scripts
+from ._finish import Finisher
+from ._job import uuid7
+from ._keys import check_queue_name
+from ._lease import reap_forever, renew_forever
+from ._options import DEFAULT_QUEUE, seconds
+from ._pool import Pool, PoolConfig
+from ._runner import (
+    Claimed,
+    CompleteCallback,
+    FailureCallback,
+    Handler,
+    HandlerSpec,
+    IsFailure,
+    Middleware,
+    Runner,
+    SuccessCallback,
+)
+from ._scheduler import promote_forever
+from ._task import Task, check_job_type
+from ._wake import Signal, WakeHub
+from .client import Connection, redis_settings
+from .errors import ConfigurationError, RedisError, ServerStateError
+from .retry import RetryPolicy
+
+log = logging.getLogger("gqm.server")
+
+H = TypeVar("H", bound=Handler)
+
+#: The global job timeout: always enforced, cannot be disabled.
+DEFAULT_GLOBAL_TIMEOUT = 30 * 60.0
+DAY = 86400.0
+_HEARTBEAT_INTERVAL = 5.0
+
+
+def _ttl_ms(value: float | timedelta, what: str) -> int:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if value == -1:
+        return -1
+    if value < 0:
+        raise ConfigurationError(f"{what} must be >= 0 seconds, or -1 to keep for ever")
+    return int(value * 1000)
+
+
+class Server:
+    """Runs handlers for jobs. See the module docstring for the anatomy.
+
+    :param redis: a URL, an injected client, or ``None`` for the keyword settings (as
+        :class:`~gqm.Client`).
+    :param concurrency: workers of the default pool (for handlers without their own).
+    :param lease_ttl: seconds a claim stays valid without renewal; the renewer extends it
+        every ``lease_ttl / 3``. A crashed worker's jobs run again after at most
+        ``lease_ttl + reap_interval``.
+    :param reap_interval: how often expired leases are looked for (default ``lease_ttl / 3``).
+    :param max_recoveries: lease expiries a job survives before it goes to the DLQ as a
+        poison pill.
+    :param grace_period: seconds running jobs get to finish after a shutdown request.
+    :param global_timeout: the run-time limit of jobs that set none (job > handler >
+        pool > this); it cannot be disabled.
+    :param completed_ttl: seconds a completed job's record is kept (-1 forever, 0 not at all).
+    :param dead_ttl: the same for dead-letter jobs.
+    :param poll_interval: the longest a promoter or idle fetcher sleeps without a wake-up
+        from Redis (a safety net; wake-ups come from Redis at once).
+    :param retry: the default retry policy of jobs and pools that set none.
+    :param handle_signals: install SIGINT/SIGTERM handlers while serving (main thread only).
+    """
+
+    def __init__(
+        self,
+        redis: str | Any | None = None,
+        *,
+        prefix: str = "gqm",
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool | _ssl.SSLContext = False,
+        socket_timeout: float | None = 10.0,
+        concurrency: int = 10,
+        lease_ttl: float = 30.0,
+        reap_interval: float | None = None,
+        max_recoveries: int = 3,
+        grace_period: float = 10.0,
+        global_timeout: float | timedelta = DEFAULT_GLOBAL_TIMEOUT,
+        completed_ttl: float | timedelta = 7 * DAY,
+        dead_ttl: float | timedelta = 30 * DAY,
+        poll_interval: float = 5.0,
+        retry: RetryPolicy | None = None,
+        server_id: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        settings = redis_settings(
+            redis,
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            ssl=ssl,
+            socket_timeout=socket_timeout,
+        )
+        self._conn = Connection(redis, prefix, settings)
+        if concurrency < 0:
+            raise ConfigurationError("concurrency must be >= 0 (0 means the number of CPUs)")
+        self.concurrency = concurrency or os.cpu_count() or 1
+        if lease_ttl < 1:
+            raise ConfigurationError("lease_ttl must be at least 1 second")
+        self.lease_ttl = float(lease_ttl)
+        self.reap_interval = float(reap_interval) if reap_interval is not None else self.lease_ttl / 3
+        if self.reap_interval <= 0:
+            raise ConfigurationError("reap_interval must be > 0")
+        if max_recoveries < 0:
+            raise ConfigurationError("max_recoveries must be >= 0")
+        self.max_recoveries = max_recoveries
+        self.grace_period = seconds(grace_period, "grace_period") or 0.0
+        timeout = seconds(global_timeout, "global_timeout")
+        if not timeout:
+            raise ConfigurationError("global_timeout must be > 0: the global timeout cannot be disabled")
+        self.global_timeout = timeout
+        self.completed_ttl_ms = _ttl_ms(completed_ttl, "completed_ttl")
+        self.dead_ttl_ms = _ttl_ms(dead_ttl, "dead_ttl")
+        if poll_interval <= 0:
+            raise ConfigurationError("poll_interval must be > 0")
+        self.poll_interval = float(poll_interval)
+        self.retry = retry
+        self.server_id = server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-6:]}"
+        self.handle_signals = handle_signals
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._pool_configs: list[PoolConfig] = []
+        self._middleware: list[Middleware] = []
+        self._started = False
+        self._stop: anyio.Event | None = None
+        self._pools: list[Pool] = []
+        self._inflight: dict[str, Claimed] = {}
+        self._runner: Runner | None = None
+        self._progress = Signal()
+        self._pools_scope: anyio.CancelScope | None = None
+
+    # -- registration ------------------------------------------------------------------
+
+    def handle(
+        self,
+        task: Task[Any] | str,
+        fn: Handler,
+        *,
+        workers: int | None = None,
+        queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        max_retry: int | None = None,
+        retry: RetryPolicy | None = None,
+        is_failure: IsFailure | None = None,
+        on_success: SuccessCallback | None = None,
+        on_failure: FailureCallback | None = None,
+        on_complete: CompleteCallback | None = None,
+    ) -> None:
+        """Register ``fn`` as the handler of a job type.
+
+        :param task: a :func:`gqm.task` handle (payloads are decoded to its type) or a name
+            (payloads are decoded as JSON: dicts, lists, ...).
+        :param fn: ``async def fn(job: gqm.Job[P]) -> R``; ``R`` is stored as the result.
+        :param workers: give the handler a dedicated pool of this many workers, reading
+            ``queue`` (else the task's queue, else ``"default"``).
+        :param timeout: seconds, used when the job sets none.
+        :param max_retry: retries when the job sets none.
+        :param retry: the retry policy (delays) of this handler's jobs.
+        :param is_failure: ``is_failure(err) is False`` marks a transient error: the job is
+            retried without counting toward ``max_retry``.
+        :param on_success: ``(job, result)``, after the completion is recorded.
+        :param on_failure: ``(job, error)``, after each failed attempt is recorded.
+        :param on_complete: ``(job, error or None)``, after either.
+
+        Callbacks may be plain or async functions; their exceptions are logged and ignored.
+        """
+        self._check_not_started("handle")
+        name = task.name if isinstance(task, Task) else check_job_type(task)
+        if name in self._handlers:
+            raise ConfigurationError(f"a handler for {name!r} is already registered")
+        if not callable(fn):
+            raise ConfigurationError(f"the handler of {name!r} is not callable")
+        if workers is not None and workers < 1:
+            raise ConfigurationError("workers must be >= 1")
+        if queue is not None:
+            check_queue_name(queue)
+        timeout_s = seconds(timeout, "timeout")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ConfigurationError("timeout must be > 0")
+        if max_retry is not None and max_retry < 0:
+            raise ConfigurationError("max_retry must be >= 0")
+        self._handlers[name] = HandlerSpec(
+            job_type=name,
+            fn=fn,
+            task=task if isinstance(task, Task) else None,
+            workers=workers,
+            queue=queue or (task.queue if isinstance(task, Task) else None),
+            timeout=timeout_s,
+            max_retry=max_retry,
+            retry=retry,
+            is_failure=is_failure,
+            on_success=on_success,
+            on_failure=on_failure,
+            on_complete=on_complete,
+        )
+
+    @overload
+    def handler(self, task: Task[Any] | str) -> Callable[[H], H]: ...
+    @overload
+    def handler(self, task: Task[Any] | str, **options: Any) -> Callable[[H], H]: ...
+    def handler(self, task: Task[Any] | str, **options: Any) -> Callable[[H], H]:
+        """Decorator form of :meth:`handle`: ``@server.handler(send_email, workers=5)``."""
+
+        def register(fn: H) -> H:
+            self.handle(task, fn, **options)
+            return fn
+
+        return register
+
+    def pool(self, config: PoolConfig) -> None:
+        """Add an explicit worker pool (see :class:`PoolConfig`)."""
+        self._check_not_started("pool")
+        if any(p.name == config.name for p in self._pool_configs):
+            raise ConfigurationError(f"a pool named {config.name!r} already exists")
+        if "*" in config.job_types and any("*" in p.job_types for p in self._pool_configs):
+            raise ConfigurationError("only one pool may have the catch-all job type '*'")
+        for p in self._pool_configs:
+            both = set(p.job_types) & set(config.job_types) - {"*"}
+            if both:
+                raise ConfigurationError(
+                    f"job type(s) {', '.join(sorted(both))} already belong to pool {p.name!r}"
+                )
+        self._pool_configs.append(config)
+
+    def use(self, middleware: Middleware) -> None:
+        """Wrap every handler in ``middleware`` (``handler -> handler``).
+
+        The first registered is the outermost (a -> b -> handler -> b -> a).
+        """
+        self._check_not_started("use")
+        if middleware is None or not callable(middleware):
+            raise ConfigurationError("middleware must be a callable taking and returning a handler")
+        self._middleware.append(middleware)
+
+    def _check_not_started(self, what: str) -> None:
+        if self._started:
+            raise ServerStateError(f"{what}() must be called before the server starts")
+
+    # -- planning ----------------------------------------------------------------------
+
+    def _plan_pools(self) -> list[PoolConfig]:
+        """The explicit pools, plus a dedicated pool per ``workers=N`` handler and a
+        default pool for the remaining handlers."""
+        configs = list(self._pool_configs)
+        claimed_types = {t for p in configs for t in p.job_types}
+        catch_all = any("*" in p.job_types for p in configs)
+        default_queues: list[str] = []
+        for spec in self._handlers.values():
+            if spec.job_type in claimed_types:
+                if spec.workers is not None:
+                    raise ConfigurationError(
+                        f"handler {spec.job_type!r} sets workers= but also belongs to an explicit pool"
+                    )
+                continue
+            queue = spec.queue or DEFAULT_QUEUE
+            if spec.workers is not None:
+                configs.append(
+                    PoolConfig(
+                        name=f"handler:{spec.job_type}",
+                        job_types=(spec.job_type,),
+                        queues=(queue,),
+                        concurrency=spec.workers,
+                        job_timeout=spec.timeout,
+                        retry_policy=spec.retry or self.retry,
+                        _implicit=True,
+                    )
+                )
+            elif not catch_all and queue not in default_queues:
+                default_queues.append(queue)
+        if default_queues:
+            configs.append(
+                PoolConfig(
+                    name="default",
+                    queues=tuple(default_queues),
+                    concurrency=self.concurrency,
+                    retry_policy=self.retry,
+                    _implicit=True,
+                )
+            )
+        if not configs:
+            raise ConfigurationError("nothing to serve: register a handler or a pool first")
+        return configs
+
+    def _wrap_handlers(self) -> None:
+        for spec in self._handlers.values():
+            wrapped: Handler = spec.fn
+            for mw in reversed(self._middleware):
+                wrapped = mw(wrapped)
+            spec.wrapped = wrapped
+
+    # -- running -----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Start a graceful shutdown (from any task of the serving event loop)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    @property
+    def inflight(self) -> int:
+        """The number of jobs claimed and not yet finished."""
+        return len(self._inflight)
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Process jobs until :meth:`shutdown`, a signal, or cancellation.
+
+        ``task_status.started()`` is called once the scripts are loaded and every pool
+        is running (use ``await task_group.start(server.serve)``).
+        """
+        if self._started:
+            raise ServerStateError("a Server can serve only once; create a new one")
+        self._started = True
+        configs = self._plan_pools()
+        self._wrap_handlers()
+        self._stop = anyio.Event()
+        conn = self._conn
+        keys = conn.keys
+        try:
+            driver = conn.driver
+            await scripts.load_all(driver)
+            finisher = Finisher(
+                driver, keys, completed_ttl_ms=self.completed_ttl_ms, dead_ttl_ms=self.dead_ttl_ms
+            )
+            runner = self._runner = Runner(
+                handlers=self._handlers,
+                finisher=finisher,
+                inflight=self._inflight,
+                global_timeout=self.global_timeout,
+            )
+            hub = WakeHub()
+            lease_ms = int(self.lease_ttl * 1000)
+            self._pools = [
+                Pool(
+                    cfg,
+                    driver=driver,
+                    keys=keys,
+                    runner=runner,
+                    finisher=finisher,
+                    inflight=self._inflight,
+                    hub=hub,
+                    worker_id=self.server_id,
+                    lease_ms=lease_ms,
+                    idle_wait=self.poll_interval,
+                    progress=self._progress,
+                )
+                for cfg in configs
+            ]
+            queues = [keys.queue(n) for n in dict.fromkeys(q for c in configs for q in c.queues)]
+            promote_signal = Signal()
+            for q in queues:
+                hub.on_scheduled(q, promote_signal)
+            await driver.execute("SADD", keys.queues, *(q.name for q in queues))
+            async with anyio.create_task_group() as infra:
+                await infra.start(hub.run, driver)
+                await infra.start(finisher.run)
+                infra.start_soon(
+                    lambda: renew_forever(
+                        driver, keys, self._inflight, lease_ms=lease_ms, interval=self.lease_ttl / 3
+                    )
+                )
+                infra.start_soon(
+                    lambda: reap_forever(
+                        driver,
+                        queues,
+                        interval=self.reap_interval,
+                        max_recoveries=self.max_recoveries,
+                        dead_ttl_ms=self.dead_ttl_ms,
+                        done_channel_prefix=keys.done_channel_prefix,
+                    )
+                )
+                infra.start_soon(
+                    lambda: promote_forever(driver, queues, promote_signal, poll_interval=self.poll_interval)
+                )
+                infra.start_soon(self._heartbeat, driver)
+                if self.handle_signals:
+                    await infra.start(self._watch_signals)
+                async with anyio.create_task_group() as pools:
+                    self._pools_scope = pools.cancel_scope
+                    for pool in self._pools:
+                        await pools.start(pool.run)
+                    log.info(
+                        "server %s serving %d pool(s) on queues %s",
+                        self.server_id, len(self._pools), ", ".join(q.name for q in queues),
+                    )
+                    task_status.started()
+                    await self._stop.wait()
+                    log.info("server %s shutting down: %d job(s) running", self.server_id, len(self._inflight))
+                    for pool in self._pools:
+                        pool.stop()
+                    with anyio.move_on_after(self.grace_period):
+                        while any(p.active for p in self._pools):
+                            await self._progress.current().wait()
+                    pools.cancel_scope.cancel()
+                infra.cancel_scope.cancel()
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                try:
+                    await conn.driver.pipeline(
+                        [["ZREM", keys.servers, self.server_id], ["DEL", keys.server(self.server_id)]]
+                    )
+                except RedisError:
+                    pass
+            await conn.aclose()
+            log.info("server %s stopped", self.server_id)
+
+    async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
+        if sys.platform == "win32":  # pragma: no cover
+            task_status.started()
+            return
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if self._stop is not None and not self._stop.is_set():
+                    log.info("received %s: draining (again to stop at once)", signal.Signals(signum).name)
+                    self.shutdown()
+                else:
+                    log.warning("received %s again: handing running jobs back now", signal.Signals(signum).name)
+                    if self._pools_scope is not None:
+                        self._pools_scope.cancel()
+
+    async def _heartbeat(self, driver: Any) -> None:
+        started = time.time()
+        while True:
+            info = {
+                "id": self.server_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": started,
+                "heartbeat_at": time.time(),
+                "inflight": len(self._inflight),
+                "processed": self._runner.processed if self._runner else 0,
+                "failed": self._runner.failed if self._runner else 0,
+                "pools": [
+                    {
+                        "name": p.config.name,
+                        "queues": list(p.config.queues),
+                        "concurrency": p.config.concurrency,
+                        "active": p.active,
+                        "strategy": str(p.config.dequeue_strategy),
+                    }
+                    for p in self._pools
+                ],
+            }
+            try:
+                await driver.pipeline(
+                    [
+                        ["SET", self._conn.keys.server(self.server_id), msgspec.json.encode(info), "EX", int(_HEARTBEAT_INTERVAL * 3)],
+                        ["ZADD", self._conn.keys.servers, time.time(), self.server_id],
+                    ]
+                )
+            except RedisError as err:
+                log.warning("heartbeat failed: %s", err)
+            await anyio.sleep(_HEARTBEAT_INTERVAL)
