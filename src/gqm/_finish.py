@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskStatus
 
 from . import _scripts as scripts
-from ._keys import Keys
-from ._redis import Arg, Driver
 from .errors import RedisConnectionError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anyio.abc import TaskStatus
+
+    from ._keys import Keys
+    from ._redis import Arg, Driver
 
 log = logging.getLogger("gqm.finish")
 
@@ -59,7 +63,9 @@ class FinishOp:
 class Finisher:
     """Batches :class:`FinishOp` s into pipelined ``finish`` script calls."""
 
-    def __init__(self, driver: Driver, keys: Keys, *, completed_ttl_ms: int, dead_ttl_ms: int) -> None:
+    def __init__(
+        self, driver: Driver, keys: Keys, *, completed_ttl_ms: int, dead_ttl_ms: int
+    ) -> None:
         self._driver = driver
         self._keys = keys
         self._ttls: list[Arg] = [completed_ttl_ms, dead_ttl_ms, keys.done_channel_prefix]
@@ -73,7 +79,7 @@ class Finisher:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with self._recv:
+        async with self._recv, self._send:
             async for op in self._recv:
                 batch = [op]
                 while len(batch) < _MAX_BATCH:
@@ -106,7 +112,9 @@ class Finisher:
             except RedisConnectionError as err:
                 if not retry:
                     raise
-                log.warning("recording %d outcomes failed (%s); retrying in %.2fs", len(batch), err, delay)
+                log.warning(
+                    "recording %d outcomes failed (%s); retrying in %.2fs", len(batch), err, delay
+                )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         swept: list[Any] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -30,7 +30,13 @@ class JobStatus(enum.StrEnum):
 
 #: States a job never leaves by itself; records in them expire after the retention TTL.
 TERMINAL_STATES = frozenset(
-    {JobStatus.COMPLETED, JobStatus.DEAD_LETTER, JobStatus.CANCELED, JobStatus.STOPPED, JobStatus.FAILED}
+    {
+        JobStatus.COMPLETED,
+        JobStatus.DEAD_LETTER,
+        JobStatus.CANCELED,
+        JobStatus.STOPPED,
+        JobStatus.FAILED,
+    }
 )
 #: States of a job that will still run (or is running).
 ACTIVE_STATES = frozenset(JobStatus) - TERMINAL_STATES
@@ -72,8 +78,12 @@ json_encoder = msgspec.json.Encoder()
 any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ts(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+    # Exact for any ms (float division loses microseconds far in the future).
+    return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
 
 
 class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):

@@ -10,15 +10,19 @@ runs again within ``lease + reap interval``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
 from . import _scripts as scripts
-from ._keys import Keys, QueueKeys
-from ._redis import Arg, Driver
-from ._runner import Claimed
 from .errors import RedisError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._keys import Keys, QueueKeys
+    from ._redis import Arg, Driver
+    from ._runner import Claimed
 
 log = logging.getLogger("gqm.lease")
 
@@ -36,7 +40,7 @@ async def renew_forever(
             by_queue.setdefault(c.queue, []).append(c)
         if not by_queue:
             continue
-        calls = []
+        calls: list[scripts.ScriptCall] = []
         for name, held in by_queue.items():
             args: list[Arg] = [lease_ms]
             for c in held:
@@ -49,10 +53,10 @@ async def renew_forever(
             continue
         for lost in replies:
             for raw in lost:
-                c = inflight.get(raw.decode())
-                if c is not None:
-                    log.warning("lease of job %s lost; stopping it", c.job_id)
-                    c.stop("lease lost")
+                gone = inflight.get(raw.decode())
+                if gone is not None:
+                    log.warning("lease of job %s lost; stopping it", gone.job_id)
+                    gone.stop("lease lost")
 
 
 async def reap_forever(
@@ -66,7 +70,7 @@ async def reap_forever(
 ) -> None:
     """Recover expired leases of ``queues``, at least every ``interval`` seconds."""
     reap = scripts.script("reap")
-    calls = [
+    calls: list[scripts.ScriptCall] = [
         (
             reap,
             scripts.reap_keys(q),
@@ -85,7 +89,9 @@ async def reap_forever(
                 if recovered or buried:
                     log.warning(
                         "queue %s: recovered %d jobs with expired leases, %d sent to the DLQ",
-                        q.name, recovered, buried,
+                        q.name,
+                        recovered,
+                        buried,
                     )
                 if recovered + buried >= 1000:
                     wait = 0

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 from ._job import JobRecord, json_encoder, uuid7
 from ._keys import check_queue_name
 from ._task import Task, check_job_type
 from .errors import ConfigurationError, PayloadTooLargeError, SerializationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 #: Payloads are refused above this size (as the original's ErrJobDataTooLarge).
 MAX_PAYLOAD_BYTES = 1 << 20
@@ -26,7 +27,12 @@ def seconds(value: float | timedelta | None, what: str) -> float | None:
         return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if not isinstance(value, int | float) or math.isnan(value) or value < 0 or math.isinf(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ConfigurationError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
     return float(value)
 
@@ -74,7 +80,9 @@ def build_record(
     job_type = task.name if isinstance(task, Task) else check_job_type(task)
     if unique and job_id is None:
         raise ConfigurationError("unique=True needs an explicit job_id (the uniqueness key)")
-    if max_retry is not None and (not isinstance(max_retry, int) or max_retry < 0):
+    if max_retry is not None and (
+        isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0
+    ):
         raise ConfigurationError(f"max_retry must be an int >= 0, got {max_retry!r}")
     timeout_s = seconds(timeout, "timeout")
     if timeout_s is not None and timeout_s <= 0:
@@ -84,13 +92,17 @@ def build_record(
         intervals = [seconds(i, "retry interval") or 0.0 for i in retry_intervals]
         if not intervals:
             raise ConfigurationError("retry_intervals must not be empty (omit it instead)")
-    if meta is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+    if meta is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
         raise ConfigurationError("meta must map str to str")
     return JobRecord(
         id=uuid7() if job_id is None else check_job_id(job_id),
         type=job_type,
         queue=check_queue_name(
-            queue or (task.queue if isinstance(task, Task) else None) or DEFAULT_QUEUE
+            queue
+            if queue is not None
+            else (task.queue if isinstance(task, Task) else None) or DEFAULT_QUEUE
         ),
         max_retry=max_retry,
         timeout=timeout_s,
@@ -108,6 +120,3 @@ def encode_record(rec: JobRecord) -> bytes:
 
 def new_nonce() -> str:
     return os.urandom(8).hex()
-
-
-

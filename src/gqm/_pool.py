@@ -13,19 +13,23 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _scripts as scripts
-from ._finish import FinishOp, Finisher
+from ._finish import Finisher, FinishOp
 from ._keys import Keys, QueueKeys, check_queue_name
-from ._redis import Driver
-from ._runner import Claimed, PoolSettings, Runner
+from ._runner import Claimed, PoolSettings, Runner, forget
 from ._wake import Signal, WakeHub
 from .errors import ConfigurationError, RedisError
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._redis import Driver
 
 log = logging.getLogger("gqm.pool")
 
@@ -173,6 +177,11 @@ class Pool:
                 job_id = reply[i].decode()
                 token = reply[i + 1].decode()
                 c = Claimed(q.name, job_id, reply[i + 2], reply[i + 3], token, self.config.name)
+                stale = self._inflight.get(job_id)
+                if stale is not None:
+                    # We claimed a job we are still running: our lease on it was lost
+                    # (reaped after a stall). The old run must stop; the new claim owns it.
+                    stale.stop("lease lost (the job was re-claimed)")
                 self._inflight[job_id] = c
                 got.append(c)
             if len(got) >= want:
@@ -206,7 +215,12 @@ class Pool:
                     claimed = await self._claim(min(self._free, MAX_CLAIM))
                     delay = 0.05
                 except RedisError as err:
-                    log.warning("pool %s: claim failed (%s); retrying in %.2fs", self.config.name, err, delay)
+                    log.warning(
+                        "pool %s: claim failed (%s); retrying in %.2fs",
+                        self.config.name,
+                        err,
+                        delay,
+                    )
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
@@ -230,7 +244,9 @@ class Pool:
                     finally:
                         self.active -= 1
                 except Exception:
-                    log.exception("pool %s: unexpected error running job %s", self.config.name, c.job_id)
+                    log.exception(
+                        "pool %s: unexpected error running job %s", self.config.name, c.job_id
+                    )
                 finally:
                     self._free += 1
                     self._slot.fire()
@@ -239,7 +255,11 @@ class Pool:
     async def _hand_back(self) -> None:
         """Give every job this pool claimed but did not finish back to its queue, now,
         so that no lease is left to expire (shielded and time-bounded)."""
-        mine = [c for c in self._inflight.values() if c.pool == self.config.name and c.stop_reason is None]
+        mine = [
+            c
+            for c in self._inflight.values()
+            if c.pool == self.config.name and c.stop_reason is None
+        ]
         if not mine:
             return
         ops = [FinishOp(c.queue, c.job_id, c.token, "h") for c in mine]
@@ -247,9 +267,13 @@ class Pool:
             try:
                 await self._finisher.write(ops, retry=False)
             except RedisError as err:
-                log.warning("pool %s: hand-back of %d jobs failed (%s); the reaper will recover them",
-                            self.config.name, len(ops), err)
+                log.warning(
+                    "pool %s: hand-back of %d jobs failed (%s); the reaper will recover them",
+                    self.config.name,
+                    len(ops),
+                    err,
+                )
                 return
             for c in mine:
-                self._inflight.pop(c.job_id, None)
+                forget(self._inflight, c)
             log.info("pool %s: handed back %d unfinished jobs", self.config.name, len(ops))

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._finish import DONE, FinishOp, Finisher
+from ._finish import DONE, Finisher, FinishOp
 from ._job import Job, JobRecord, json_encoder, record_decoder
 from ._task import Task
 from .errors import SkipRetry
@@ -63,9 +63,20 @@ class HandlerSpec:
 class Claimed:
     """A job this server claimed: in the registry from claim until its outcome is written."""
 
-    __slots__ = ("job_id", "pool", "queue", "raw_payload", "raw_record", "scope", "stop_reason", "token")
+    __slots__ = (
+        "job_id",
+        "pool",
+        "queue",
+        "raw_payload",
+        "raw_record",
+        "scope",
+        "stop_reason",
+        "token",
+    )
 
-    def __init__(self, queue: str, job_id: str, raw_record: bytes, raw_payload: bytes, token: str, pool: str) -> None:
+    def __init__(
+        self, queue: str, job_id: str, raw_record: bytes, raw_payload: bytes, token: str, pool: str
+    ) -> None:
         self.queue = queue
         self.job_id = job_id
         self.raw_record = raw_record
@@ -81,6 +92,12 @@ class Claimed:
             self.stop_reason = reason
         if self.scope is not None:
             self.scope.cancel()
+
+
+def forget(inflight: dict[str, Claimed], claimed: Claimed) -> None:
+    """Drop ``claimed`` from the registry, unless a newer claim of the job replaced it."""
+    if inflight.get(claimed.job_id) is claimed:
+        del inflight[claimed.job_id]
 
 
 def _describe(err: BaseException) -> str:
@@ -157,14 +174,18 @@ class Runner:
             if claimed.stop_reason is not None:
                 # The lease is gone (or the job was aborted): someone else owns it now.
                 log.warning("job %s stopped: %s", rec.id, claimed.stop_reason)
-                self._inflight.pop(rec.id, None)
+                forget(self._inflight, claimed)
                 return
-            await self._fail(claimed, rec, spec, pool, TimeoutError(f"job timed out after {timeout:g}s"), job=job)
+            await self._fail(
+                claimed, rec, spec, pool, TimeoutError(f"job timed out after {timeout:g}s"), job=job
+            )
             return
         try:
             encoded = json_encoder.encode(result) if result is not None else b""
         except (TypeError, ValueError, OverflowError) as err:
-            await self._fail(claimed, rec, spec, pool, SkipRetry(f"result is not JSON-encodable: {err}"), job=job)
+            await self._fail(
+                claimed, rec, spec, pool, SkipRetry(f"result is not JSON-encodable: {err}"), job=job
+            )
             return
         code = await self._finish(claimed, "c", encoded, 1 if result is not None else 0)
         self.processed += 1
@@ -174,12 +195,18 @@ class Runner:
             if spec.on_complete is not None:
                 await _call_quietly("on_complete", rec.id, spec.on_complete, job, None)
 
-    async def _finish(self, claimed: Claimed, outcome: str, data: bytes | str = b"", n1: int = 0, n2: int = 0) -> int:
+    async def _finish(
+        self, claimed: Claimed, outcome: str, data: bytes | str = b"", n1: int = 0, n2: int = 0
+    ) -> int:
         op = FinishOp(claimed.queue, claimed.job_id, claimed.token, outcome, data, n1, n2)
         code = await self._finisher.submit(op)
-        self._inflight.pop(claimed.job_id, None)
+        forget(self._inflight, claimed)
         if code != DONE and outcome != "h":
-            log.warning("job %s: outcome %r refused (the claim no longer owns the job)", claimed.job_id, outcome)
+            log.warning(
+                "job %s: outcome %r refused (the claim no longer owns the job)",
+                claimed.job_id,
+                outcome,
+            )
         return code
 
     async def _fail(

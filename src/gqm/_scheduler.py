@@ -8,16 +8,20 @@ reported, or until Redis says a sooner job arrived, capped at ``poll_interval``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 
 from . import _scripts as scripts
-from ._keys import QueueKeys
-from ._redis import Driver
-from ._wake import Signal
 from .errors import RedisError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._keys import QueueKeys
+    from ._redis import Driver
+    from ._wake import Signal
 
 log = logging.getLogger("gqm.scheduler")
 
@@ -30,7 +34,9 @@ async def promote_forever(
     """Move due jobs of ``queues`` to their ready lists, for ever. ``signal`` fires when
     Redis reports a sooner due time (register it with the wake hub first)."""
     promote = scripts.script("promote")
-    calls = [(promote, scripts.promote_keys(q), [_BATCH, q.wake]) for q in queues]
+    calls: list[scripts.ScriptCall] = [
+        (promote, scripts.promote_keys(q), [_BATCH, q.wake]) for q in queues
+    ]
     while True:
         event = signal.current()
         wait = poll_interval

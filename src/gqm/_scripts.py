@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._keys import Keys, QueueKeys
-from ._redis import Arg, Command, Driver
 from .errors import RedisReplyError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._redis import Arg, Command, Driver
 
 _SOURCE_DIR = Path(__file__).resolve().parents[2] / "lua"
 
@@ -45,6 +48,10 @@ class Script:
         return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
 
+#: One script call: the script, its KEYS and its ARGV.
+ScriptCall: TypeAlias = "tuple[Script, Sequence[str], Sequence[Arg]]"
+
+
 @cache
 def script(name: str) -> Script:
     return Script(name)
@@ -60,7 +67,7 @@ async def load_all(driver: Driver) -> None:
 
 async def run_many(
     driver: Driver,
-    calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]],
+    calls: Sequence[ScriptCall],
     extra: Sequence[Command] = (),
 ) -> list[Any]:
     """Run script calls in one pipeline; error replies are raised, NOSCRIPT is healed.
@@ -69,14 +76,17 @@ async def run_many(
     not returned (an error among them is raised).
     """
     replies = await driver.pipeline([*(s.command(k, a) for s, k, a in calls), *extra])
-    for reply in replies[len(calls):]:
+    for reply in replies[len(calls) :]:
         if isinstance(reply, RedisReplyError):
             raise reply
-    del replies[len(calls):]
+    del replies[len(calls) :]
     missing = [i for i, r in enumerate(replies) if isinstance(r, RedisReplyError) and r.is_noscript]
     if missing:
         retried = await driver.pipeline(
-            [["EVAL", calls[i][0].source, len(calls[i][1]), *calls[i][1], *calls[i][2]] for i in missing]
+            [
+                ["EVAL", calls[i][0].source, len(calls[i][1]), *calls[i][1], *calls[i][2]]
+                for i in missing
+            ]
         )
         for i, reply in zip(missing, retried, strict=True):
             replies[i] = reply
@@ -108,7 +118,17 @@ def claim_keys(q: QueueKeys) -> list[str]:
 
 
 def finish_keys(q: QueueKeys) -> list[str]:
-    return [q.leases, q.jobs, q.payloads, q.results, q.scheduled, q.ready, q.completed, q.dead, q.meta]
+    return [
+        q.leases,
+        q.jobs,
+        q.payloads,
+        q.results,
+        q.scheduled,
+        q.ready,
+        q.completed,
+        q.dead,
+        q.meta,
+    ]
 
 
 def renew_keys(q: QueueKeys) -> list[str]:
@@ -135,6 +155,7 @@ __all__ = [
     "ALL_SCRIPTS",
     "Keys",
     "Script",
+    "ScriptCall",
     "claim_keys",
     "enqueue_keys",
     "finish_keys",

@@ -11,14 +11,19 @@ never lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskStatus
 
-from ._keys import QueueKeys
-from ._redis import Driver
 from .errors import RedisError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anyio.abc import TaskStatus
+
+    from ._keys import QueueKeys
+    from ._redis import Driver
 
 log = logging.getLogger("gqm.wake")
 

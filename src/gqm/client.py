@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ssl as _ssl
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import anyio
 
@@ -15,7 +13,6 @@ from ._job import Job, JobRecord, JobStatus, any_decoder, record_decoder
 from ._keys import Keys, QueueKeys
 from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
 from ._redis import Arg, Driver, RedisSettings, open_driver
-from ._task import Task
 from .errors import (
     BatchTooLargeError,
     ConfigurationError,
@@ -24,6 +21,12 @@ from .errors import (
     JobNotFoundError,
     SerializationError,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+
+    from ._task import Task
 
 P = TypeVar("P")
 
@@ -67,12 +70,22 @@ class Connection:
         self._driver: Driver | None = None
 
     @property
-    def driver(self) -> Driver:
+    def is_open(self) -> bool:
+        return self._driver is not None
+
+    async def get(self) -> Driver:
+        """The driver, opened on first use.
+
+        On trio (coredis) the connection pool belongs to the task that opens it: open
+        the client with ``async with`` in a task that outlives its use.
+        """
         if self._driver is None:
-            self._driver = open_driver(
+            driver = open_driver(
                 None if isinstance(self._redis, str) or self._redis is None else self._redis,
                 self._settings,
             )
+            await driver.open()
+            self._driver = driver
         return self._driver
 
     async def aclose(self) -> None:
@@ -150,6 +163,7 @@ class Client:
         return self._conn.keys
 
     async def __aenter__(self) -> Self:
+        await self._conn.get()
         return self
 
     async def __aexit__(
@@ -316,7 +330,7 @@ class Client:
                 args += [rec.id, encode_record(rec), data, mode, when, new_nonce()]
             calls.append((enqueue, scripts.enqueue_keys(q), args))
             order.append(idxs)
-        driver = self._conn.driver
+        driver = await self._conn.get()
         # The id index and the queue registry live outside the queue's slot; they go in
         # the same round trip (an index entry without its job is harmless).
         index: list[Arg] = ["HSET", keys.ids]
@@ -342,7 +356,7 @@ class Client:
     # -- queries ---------------------------------------------------------------------
 
     async def _queue_of(self, job_id: str) -> QueueKeys:
-        name = await self._conn.driver.execute("HGET", self.keys.ids, job_id)
+        name = await (await self._conn.get()).execute("HGET", self.keys.ids, job_id)
         if name is None:
             raise JobNotFoundError(f"no job with id {job_id!r}")
         return self.keys.queue(name.decode())
@@ -350,7 +364,7 @@ class Client:
     async def get_job(self, job_id: str) -> Job[Any]:
         """Return the job with this id; the payload and result are decoded as JSON."""
         q = await self._queue_of(job_id)
-        raw, payload, result = await self._conn.driver.pipeline(
+        raw, payload, result = await (await self._conn.get()).pipeline(
             [["HGET", q.jobs, job_id], ["HGET", q.payloads, job_id], ["HGET", q.results, job_id]]
         )
         if raw is None:
@@ -372,7 +386,7 @@ class Client:
         :raises JobNotFoundError: there is no such job.
         """
         q = await self._queue_of(job_id)
-        driver = self._conn.driver
+        driver = await self._conn.get()
         watch = scripts.script("watch")
         with anyio.fail_after(timeout):
             async with driver.subscribe(self.keys.done_channel(job_id)) as sub:
@@ -398,7 +412,7 @@ class Client:
     async def _set_paused(self, queue: str, paused: bool) -> bool:
         q = self.keys.queue(queue)
         changed = await scripts.run(
-            self._conn.driver,
+            await self._conn.get(),
             scripts.script("pause"),
             scripts.pause_keys(q),
             ["1" if paused else "0", q.wake],
@@ -408,7 +422,8 @@ class Client:
     async def is_paused(self, queue: str) -> bool:
         """Whether the queue is paused."""
         q = self.keys.queue(queue)
-        return await self._conn.driver.execute("HGET", q.meta, "paused") == b"1"
+        flag: bytes | None = await (await self._conn.get()).execute("HGET", q.meta, "paused")
+        return flag == b"1"
 
 
 def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobRecord:

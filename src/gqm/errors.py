@@ -92,7 +92,7 @@ class RedisReplyError(RedisError):
         return str(self).startswith("NOSCRIPT")
 
 
-class SkipRetry(Exception):  # noqa: N818 - named after the original's ErrSkipRetry
+class SkipRetry(Exception):
     """Raise from a handler to send the job to the dead-letter queue without retrying.
 
     ``raise gqm.SkipRetry("card declined")`` or ``raise gqm.SkipRetry() from err``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,14 +47,23 @@ class RetryPolicy:
             raise ConfigurationError(
                 f"unknown backoff {self.backoff!r}: use fixed, exponential or custom"
             ) from None
-        if self.max_retry < 0:
-            raise ConfigurationError(f"max_retry must be >= 0, got {self.max_retry}")
-        if self.backoff_base < 0 or self.backoff_max < 0:
-            raise ConfigurationError("backoff_base and backoff_max must be >= 0")
+        if (
+            isinstance(self.max_retry, bool)
+            or not isinstance(self.max_retry, int)
+            or self.max_retry < 0
+        ):
+            raise ConfigurationError(f"max_retry must be an int >= 0, got {self.max_retry!r}")
+        if not _finite(self.backoff_base):
+            raise ConfigurationError(
+                f"backoff_base must be a finite number >= 0, got {self.backoff_base!r}"
+            )
+        # An infinite cap is allowed: it means no cap.
+        if not (_finite(self.backoff_max) or self.backoff_max == math.inf):
+            raise ConfigurationError(f"backoff_max must be a number >= 0, got {self.backoff_max!r}")
         if self.backoff is Backoff.CUSTOM and not self.intervals:
             raise ConfigurationError("a custom backoff needs intervals")
-        if any(i < 0 for i in self.intervals):
-            raise ConfigurationError("retry intervals must be >= 0")
+        if not all(_finite(i) for i in self.intervals):
+            raise ConfigurationError("retry intervals must be finite numbers >= 0")
         object.__setattr__(self, "intervals", tuple(float(i) for i in self.intervals))
 
     def delay(self, retry: int) -> float:
@@ -64,6 +74,15 @@ class RetryPolicy:
         if self.backoff is Backoff.EXPONENTIAL:
             return float(min(self.backoff_base * 2 ** min(n - 1, 62), self.backoff_max))
         return float(self.backoff_base)
+
+
+def _finite(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def interval_delay(intervals: Sequence[float], retry: int) -> float:

@@ -18,20 +18,18 @@ back at once. Cancelling the caller's scope skips the grace period and hands bac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
-import ssl as _ssl
 import sys
 import time
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import msgspec
-from anyio.abc import TaskStatus
 
 from . import _scripts as scripts
 from ._finish import Finisher
@@ -56,7 +54,14 @@ from ._task import Task, check_job_type
 from ._wake import Signal, WakeHub
 from .client import Connection, redis_settings
 from .errors import ConfigurationError, RedisError, ServerStateError
-from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import ssl as _ssl
+    from collections.abc import Callable
+
+    from anyio.abc import TaskStatus
+
+    from .retry import RetryPolicy
 
 log = logging.getLogger("gqm.server")
 
@@ -143,7 +148,9 @@ class Server:
         if lease_ttl < 1:
             raise ConfigurationError("lease_ttl must be at least 1 second")
         self.lease_ttl = float(lease_ttl)
-        self.reap_interval = float(reap_interval) if reap_interval is not None else self.lease_ttl / 3
+        self.reap_interval = (
+            float(reap_interval) if reap_interval is not None else self.lease_ttl / 3
+        )
         if self.reap_interval <= 0:
             raise ConfigurationError("reap_interval must be > 0")
         if max_recoveries < 0:
@@ -152,7 +159,9 @@ class Server:
         self.grace_period = seconds(grace_period, "grace_period") or 0.0
         timeout = seconds(global_timeout, "global_timeout")
         if not timeout:
-            raise ConfigurationError("global_timeout must be > 0: the global timeout cannot be disabled")
+            raise ConfigurationError(
+                "global_timeout must be > 0: the global timeout cannot be disabled"
+            )
         self.global_timeout = timeout
         self.completed_ttl_ms = _ttl_ms(completed_ttl, "completed_ttl")
         self.dead_ttl_ms = _ttl_ms(dead_ttl, "dead_ttl")
@@ -293,7 +302,7 @@ class Server:
             if spec.job_type in claimed_types:
                 if spec.workers is not None:
                     raise ConfigurationError(
-                        f"handler {spec.job_type!r} sets workers= but also belongs to an explicit pool"
+                        f"handler {spec.job_type!r} sets workers= but belongs to an explicit pool"
                     )
                 continue
             queue = spec.queue or DEFAULT_QUEUE
@@ -359,7 +368,7 @@ class Server:
         conn = self._conn
         keys = conn.keys
         try:
-            driver = conn.driver
+            driver = await conn.get()
             await scripts.load_all(driver)
             finisher = Finisher(
                 driver, keys, completed_ttl_ms=self.completed_ttl_ms, dead_ttl_ms=self.dead_ttl_ms
@@ -412,7 +421,9 @@ class Server:
                     )
                 )
                 infra.start_soon(
-                    lambda: promote_forever(driver, queues, promote_signal, poll_interval=self.poll_interval)
+                    lambda: promote_forever(
+                        driver, queues, promote_signal, poll_interval=self.poll_interval
+                    )
                 )
                 infra.start_soon(self._heartbeat, driver)
                 if self.handle_signals:
@@ -423,11 +434,17 @@ class Server:
                         await pools.start(pool.run)
                     log.info(
                         "server %s serving %d pool(s) on queues %s",
-                        self.server_id, len(self._pools), ", ".join(q.name for q in queues),
+                        self.server_id,
+                        len(self._pools),
+                        ", ".join(q.name for q in queues),
                     )
                     task_status.started()
                     await self._stop.wait()
-                    log.info("server %s shutting down: %d job(s) running", self.server_id, len(self._inflight))
+                    log.info(
+                        "server %s shutting down: %d job(s) running",
+                        self.server_id,
+                        len(self._inflight),
+                    )
                     for pool in self._pools:
                         pool.stop()
                     with anyio.move_on_after(self.grace_period):
@@ -436,13 +453,14 @@ class Server:
                     pools.cancel_scope.cancel()
                 infra.cancel_scope.cancel()
         finally:
-            with anyio.move_on_after(2, shield=True):
-                try:
-                    await conn.driver.pipeline(
-                        [["ZREM", keys.servers, self.server_id], ["DEL", keys.server(self.server_id)]]
+            if conn.is_open:
+                with anyio.move_on_after(2, shield=True), contextlib.suppress(RedisError):
+                    await (await conn.get()).pipeline(
+                        [
+                            ["ZREM", keys.servers, self.server_id],
+                            ["DEL", keys.server(self.server_id)],
+                        ]
                     )
-                except RedisError:
-                    pass
             await conn.aclose()
             log.info("server %s stopped", self.server_id)
 
@@ -454,10 +472,15 @@ class Server:
             task_status.started()
             async for signum in signals:
                 if self._stop is not None and not self._stop.is_set():
-                    log.info("received %s: draining (again to stop at once)", signal.Signals(signum).name)
+                    log.info(
+                        "received %s: draining (again to stop at once)", signal.Signals(signum).name
+                    )
                     self.shutdown()
                 else:
-                    log.warning("received %s again: handing running jobs back now", signal.Signals(signum).name)
+                    log.warning(
+                        "received %s again: handing running jobs back now",
+                        signal.Signals(signum).name,
+                    )
                     if self._pools_scope is not None:
                         self._pools_scope.cancel()
 
@@ -487,7 +510,13 @@ class Server:
             try:
                 await driver.pipeline(
                     [
-                        ["SET", self._conn.keys.server(self.server_id), msgspec.json.encode(info), "EX", int(_HEARTBEAT_INTERVAL * 3)],
+                        [
+                            "SET",
+                            self._conn.keys.server(self.server_id),
+                            msgspec.json.encode(info),
+                            "EX",
+                            int(_HEARTBEAT_INTERVAL * 3),
+                        ],
                         ["ZADD", self._conn.keys.servers, time.time(), self.server_id],
                     ]
                 )

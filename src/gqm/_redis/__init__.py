@@ -12,7 +12,8 @@ from typing import Any
 
 import sniffio
 
-from ..errors import ConfigurationError
+from gqm.errors import ConfigurationError
+
 from ._protocol import Arg, Command, Driver, Subscription
 from ._settings import RedisSettings
 

@@ -1,43 +1,59 @@
-"""The trio-capable driver, on coredis 6 (built on anyio, so it runs on trio and asyncio).
+"""The trio-capable driver, on coredis 6 (built on anyio: runs on trio and on asyncio).
 
-Lifecycle: a coredis 6 client must be *entered* before use (``async with client:``);
-entering it opens its connection pool, which runs an anyio task group hosting one
-reader/writer task pair per connection. That task group belongs to the task that
-entered it, which gives the one constraint of this driver:
+**Lifecycle.** A coredis 6 client must be *entered* before use (``async with client:``).
+Entering it opens its connection pool, which runs an anyio task group hosting one
+reader/writer task pair per connection, and that task group belongs to the task that
+entered it. Hence the one rule of this driver:
 
-    :meth:`CoredisDriver.open` and :meth:`CoredisDriver.aclose` must be called **in the
-    same task, like the two halves of an** ``async with`` **block**: from a task that
-    outlives every use of the driver, with any cancel scope or task group opened in
-    between closed before ``aclose``. ``async with driver:`` does exactly that.
+    :meth:`CoredisDriver.open` and :meth:`CoredisDriver.aclose` are the two halves of an
+    ``async with`` block: call them **in the same task**, a task that outlives every use
+    of the driver, with every cancel scope or task group opened in between closed before
+    ``aclose``, and not inside a cancel scope that ends first (no ``with fail_after(t):
+    await driver.open()``: ``open()`` does not connect and needs no timeout).
+    ``async with driver:`` does exactly that; so does calling ``open()`` in
+    ``Client.__aenter__`` and ``aclose()`` in ``Client.__aexit__``.
 
-Violating it breaks in ways that are hard to trace: entered from a short-lived task
-(a worker, a request handler), the pool's task group dies or is cancelled with that
-task and takes every connection with it; exited from another task, anyio refuses to
-close the task group ("cancel scope in a different task").
+Breaking it fails badly, which is why the driver does **not** open itself lazily on the
+first command (that command may run in a worker task, or inside a ``fail_after``
+block): measured with coredis 6.9, entering the pool in a child task and using it after
+that task ended corrupts the event loop (``TrioInternalError`` on trio), and entering it
+inside a cancel scope that closes first raises "Cancel scope stack corrupted". A
+command sent before ``open()`` raises :class:`RuntimeError` instead, except on an
+injected client that its owner already entered, which needs no opening. An injected
+client that is not entered yet is entered by ``open()`` and exited by ``aclose()``.
+``aclose()`` from another task cannot exit the pool's task group: it drops the
+connections and raises :class:`RuntimeError`.
 
-For convenience the driver also opens itself lazily, on first use, when nobody called
-:meth:`open` (see :meth:`CoredisDriver.open` for when that is safe). An injected client
-is normally entered by its owner already; if it is not, the driver enters it the same
-way and exits it again in :meth:`~CoredisDriver.aclose`.
+**Replies** are raw: commands go through ``create_request(..., callback=NoopCallback())``,
+so bulk strings come back as ``bytes``, integers as ``int``, arrays as nested ``list``,
+nil as ``None``. coredis 6 speaks RESP3 only, as redis-py 8 does by default: RESP3 maps
+are returned as ``dict`` and doubles as ``float`` (as by hiredis), sets as ``list`` (as
+by hiredis). Lua replies do not depend on the protocol (Redis converts them with the
+script's own protocol, RESP2 unless the script calls ``redis.setresp(3)``).
 
-Replies are raw: commands are sent with coredis' no-op response callback, so bulk strings
-come back as ``bytes``, integers as ``int``, arrays as nested ``list``, nil as ``None``.
-coredis speaks RESP3 only (as redis-py 8 does by default); RESP3 sets are returned as
-``list`` (as hiredis does), maps as ``dict``, doubles as ``float``. Lua replies are
-RESP2-shaped regardless (Redis converts them with the script's protocol, 2 by default).
+**Connection pool.** coredis multiplexes non-blocking commands over shared connections
+and gives a blocking command (BLMOVE, BZPOPMIN, XREAD, WAIT...) a connection of its
+own. coredis 6.9 loses a pool slot for good whenever a connection dies while leased
+(a cancelled or timed-out blocking command, a subscriber whose connection drops): after
+``max_connections`` of those every command waits forever. Pools this driver builds
+(:meth:`CoredisDriver.from_settings`) give the slot back; an injected client keeps
+coredis' behaviour.
 """
 
 from __future__ import annotations
 
 import math
 import ssl as _ssl
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import urlsplit
 
 import anyio
 import coredis
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from coredis import exceptions as cexc
+from coredis._concurrency import QueueFull
+from coredis.pool import ConnectionPool
 from coredis.response._callbacks import NoopCallback
 
 from gqm.errors import RedisConnectionError, RedisError, RedisReplyError
@@ -47,7 +63,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from coredis.connection import BaseConnection
 
     from ._protocol import Arg, Command, Subscription
     from ._settings import RedisSettings
@@ -64,8 +80,25 @@ _RAW: NoopCallback[Any] = NoopCallback()
 _EXTRA_BLOCKING = frozenset({b"WAIT", b"WAITAOF"})
 
 #: Query parameters of a ``rediss://`` URL that configure TLS in coredis' URL parser.
-_URL_TLS_PARAMS = ("ssl_keyfile", "ssl_certfile", "ssl_check_hostname", "ssl_ca_certs",
-                   "ssl_cert_reqs")
+_URL_TLS_PARAMS = (
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_check_hostname",
+    "ssl_ca_certs",
+    "ssl_cert_reqs",
+)
+
+
+#: What a command can fail with: coredis' errors, the transport's (OSError covers
+#: refused connections and TimeoutError), a connection whose anyio streams closed
+#: under it, and groups of those from coredis' task groups.
+_TRANSPORT_ERRORS = (
+    OSError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
+_ERRORS = (cexc.RedisError, *_TRANSPORT_ERRORS, ExceptionGroup)
 
 
 def _translate(err: BaseException) -> BaseException:
@@ -73,8 +106,7 @@ def _translate(err: BaseException) -> BaseException:
     if isinstance(err, ExceptionGroup):
         # coredis' task groups can wrap the real error; unwrap a group of known errors.
         leaves = err.exceptions
-        if leaves and all(isinstance(e, cexc.RedisError | OSError | ExceptionGroup)
-                          for e in leaves):
+        if leaves and all(isinstance(e, _ERRORS) for e in leaves):
             return _translate(leaves[0])
         return err
     if isinstance(err, cexc.NoScriptError):
@@ -83,9 +115,9 @@ def _translate(err: BaseException) -> BaseException:
         # WRONGPASS / NOAUTH happen while connecting: redis-py raises them as
         # connection errors too.
         return RedisConnectionError(str(err) or type(err).__name__)
-    if isinstance(err, cexc.ConnectionError | OSError):
-        # OSError covers TimeoutError (reply or connect timeout) and refused sockets;
-        # coredis' ConnectionError covers lost connections and LOADING.
+    if isinstance(err, (cexc.ConnectionError, *_TRANSPORT_ERRORS)):
+        # coredis' ConnectionError covers lost connections and LOADING; TimeoutError
+        # (an OSError) a reply, connect or pool timeout.
         return RedisConnectionError(str(err) or type(err).__name__)
     if isinstance(err, cexc.ResponseError | cexc.NoKeyError):
         return RedisReplyError(str(err))
@@ -116,7 +148,7 @@ def _normalize(value: Any) -> Any:
                 value[i] = _normalize(item)
         return value
     if kind is dict:
-        return {_normalize(k): _normalize(v) for k, v in value.items()}
+        return {k: _normalize(v) for k, v in value.items()}  # keys stay hashable
     if kind is set or kind is frozenset or kind is tuple:
         # RESP3 sets (and the tuples coredis makes of unhashable set members / map keys)
         return [_normalize(item) for item in value]
@@ -138,6 +170,57 @@ def _command_name(name: Arg) -> bytes:
     if isinstance(name, bytes):
         return name.upper()
     return str(name).upper().encode()
+
+
+_closing_classes: dict[type[Any], type[Any]] = {}
+
+
+def _closing_connection_class(base: type[BaseConnection]) -> type[BaseConnection]:
+    """``base`` whose instances close their in-memory buffers when they stop running.
+
+    coredis 6.9 opens those buffers (anyio memory object streams) in the connection's
+    constructor and closes them only once connected, so every failed connection
+    attempt leaves six unclosed streams behind, each a ResourceWarning when collected.
+    """
+
+    async def run(
+        self: BaseConnection, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await base.run(self, task_status=task_status)
+        finally:
+            for value in list(vars(self).values()):
+                if isinstance(value, MemoryObjectSendStream | MemoryObjectReceiveStream):
+                    value.close()  # idempotent: a no-op for buffers coredis closed
+
+    cls = _closing_classes.get(base)
+    if cls is None:
+        cls = _closing_classes[base] = type(base.__name__, (base,), {"run": run})
+    return cls
+
+
+class _GqmPool(ConnectionPool[Any]):
+    """coredis' connection pool, with two leaks of coredis 6.9 plugged.
+
+    * A connection that dies while leased (a cancelled or timed-out blocking command,
+      which coredis invalidates on purpose; a subscriber that lost its connection) is
+      dropped on release without its pool slot, so after ``max_connections`` of them
+      every command waits forever. :meth:`release` puts the empty slot (``None``, which
+      the pool turns into a new connection on demand) back.
+    * A failed connection attempt leaks its unclosed buffers (see
+      :func:`_closing_connection_class`).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connection_class = _closing_connection_class(self.connection_class)
+
+    def release(self, connection: Any) -> None:
+        usable = bool(connection.usable)
+        super().release(connection)
+        if not usable:
+            with suppress(QueueFull):  # coredis gave the slot back after all
+                self._available_connections.append_nowait(None)
 
 
 class _CoredisSubscription:
@@ -191,8 +274,13 @@ class CoredisDriver:
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> CoredisDriver:
-        """Build a client that this driver owns (and closes)."""
-        kwargs: dict[str, Any] = {
+        """Build a client that this driver owns (and closes).
+
+        ``rediss://`` URLs and ``ssl=True`` verify the server's certificate and host
+        name by default (as redis-py does; coredis alone would not), unless the URL
+        carries its own ``ssl_*`` parameters or ``ssl_context`` is given.
+        """
+        pool_kwargs: dict[str, Any] = {
             "decode_responses": False,
             "stream_timeout": settings.socket_timeout,
             "connect_timeout": settings.connect_timeout,
@@ -203,27 +291,28 @@ class CoredisDriver:
             if parts.scheme == "rediss" or (settings.ssl and parts.scheme == "redis"):
                 ssl_context = settings.ssl_context
                 if ssl_context is None and not any(p in parts.query for p in _URL_TLS_PARAMS):
-                    # coredis' own default for rediss:// does not verify the server
-                    # (CERT_OPTIONAL, no hostname check); verify as redis-py does.
                     ssl_context = _ssl.create_default_context()
                 if ssl_context is not None:
-                    kwargs["ssl_context"] = ssl_context
-            client: coredis.Redis[Any] = coredis.Redis.from_url(settings.url, **kwargs)
+                    pool_kwargs["ssl_context"] = ssl_context
+            pool = _GqmPool.from_url(settings.url, **pool_kwargs)
             # coredis lets the URL win over keywords; gqm's settings say the opposite.
-            overrides = client.connection_pool.connection_kwargs
+            overrides = pool.connection_kwargs
             if settings.password is not None:
                 overrides["password"] = settings.password
             if settings.username is not None:
                 overrides["username"] = settings.username
             if settings.db is not None:
                 overrides["db"] = settings.db
+            client: coredis.Redis[Any] = coredis.Redis(connection_pool=pool)
         else:
+            kwargs = dict(pool_kwargs)
             kwargs.update(
                 host=settings.host,
                 port=settings.port,
                 db=settings.db or 0,
                 password=settings.password,
                 username=settings.username,
+                connection_pool_cls=_GqmPool,
             )
             if settings.ssl:
                 kwargs["ssl_context"] = settings.ssl_context or _ssl.create_default_context()
@@ -245,15 +334,14 @@ class CoredisDriver:
         return True
 
     async def open(self) -> None:
-        """Enter the client (open its connection pool) unless it is open already.
+        """Open the client's connection pool (enter the client) unless it is open.
 
-        Idempotent. Call it from the task that will call :meth:`aclose`, a task that
-        outlives every use of the driver (``async with driver:`` does both).
-
-        If nobody calls it, the first command does: that is only right when the task
-        issuing that first command is such a long-lived task, as in a script that
-        opens a client, uses it and closes it in one function. An injected client the
-        user already entered is used as it is and never exited by the driver.
+        Idempotent and safe to call concurrently. Call it from the task that will call
+        :meth:`aclose`, one that outlives every use of the driver, and not inside a
+        cancel scope (``fail_after``, ``move_on_after``) or task group that closes
+        before :meth:`aclose` (see the module docstring). It does not connect: a Redis
+        that is down shows on the first command. An injected client its owner already
+        entered is used as it is and never exited.
         """
         if self._opened:
             return
@@ -268,11 +356,27 @@ class CoredisDriver:
             stack = AsyncExitStack()
             try:
                 await stack.enter_async_context(self._client)
-            except (cexc.RedisError, OSError, ExceptionGroup) as err:
+            except _ERRORS as err:
                 _raise(err)
             self._stack = stack
             self._opener_task = anyio.get_current_task().id
         self._opened = True
+
+    def _ensure_open(self) -> None:
+        """Called on first use when :meth:`open` was not: fine for an injected client
+        its owner entered already; anything else is refused, because entering the
+        pool from whatever task happens to send the first command (a worker, or code
+        inside a ``fail_after`` block) corrupts anyio's cancel-scope stack."""
+        if self._closed:
+            raise RedisConnectionError("the coredis driver is closed")
+        if not self._owned and self._client_is_open():
+            self._opened = True
+            return
+        raise RuntimeError(
+            "CoredisDriver used before open(): call `await driver.open()` (or use "
+            "`async with driver:`) in the long-lived task that will also call aclose(); "
+            "coredis' connection pool runs a task group owned by the task that opens it"
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool if this driver opened it; idempotent.
@@ -314,17 +418,15 @@ class CoredisDriver:
 
     async def execute(self, *args: Arg) -> Any:
         if not self._opened:
-            await self.open()
+            self._ensure_open()
         client = self._client
         name = _command_name(args[0])
-        request = client.create_request(
-            name, *[_encode_arg(a) for a in args[1:]], callback=_RAW
-        )
+        request = client.create_request(name, *[_encode_arg(a) for a in args[1:]], callback=_RAW)
         if name in _EXTRA_BLOCKING:
             request.blocking = True
         try:
             reply = await client.execute_command(request)
-        except (cexc.RedisError, OSError, ExceptionGroup) as err:
+        except _ERRORS as err:
             _raise(err)
         return _normalize(reply)
 
@@ -332,7 +434,7 @@ class CoredisDriver:
         if not commands:
             return []
         if not self._opened:
-            await self.open()
+            self._ensure_open()
         try:
             async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
                 for command in commands:
@@ -341,7 +443,7 @@ class CoredisDriver:
                         *[_encode_arg(a) for a in command[1:]],
                         callback=_RAW,
                     )
-        except (cexc.RedisError, OSError, ExceptionGroup) as err:
+        except _ERRORS as err:
             _raise(err)
         replies = pipe.results
         assert replies is not None
@@ -354,22 +456,33 @@ class CoredisDriver:
         """Subscribe on a dedicated connection; a lost connection makes
         ``get_message`` raise :class:`~gqm.errors.RedisConnectionError` (coredis'
         automatic reconnection is turned off, so that the caller knows messages may
-        have been missed)."""
+        have been missed and re-subscribes)."""
         if not self._opened:
-            await self.open()
+            self._ensure_open()
         send, receive = anyio.create_memory_object_stream[tuple[bytes, bytes] | BaseException](
             math.inf
         )
         stop = anyio.CancelScope()
-        with receive:
-            async with anyio.create_task_group() as tg:
-                await tg.start(self._pump, channels, send, stop)
-                try:
-                    yield _CoredisSubscription(receive)
-                finally:
-                    # Leave coredis' PubSub through its normal exit (it unsubscribes and
-                    # returns a clean connection to the pool), not by cancelling it.
-                    stop.cancel()
+        try:
+            with receive:
+                async with anyio.create_task_group() as tg:
+                    failure = await tg.start(self._pump, channels, send, stop)
+                    if failure is not None:
+                        raise failure
+                    try:
+                        yield _CoredisSubscription(receive)
+                    finally:
+                        # Leave coredis' PubSub through its normal exit (it unsubscribes
+                        # and hands a clean connection back to the pool), not by
+                        # cancelling it.
+                        stop.cancel()
+        except BaseExceptionGroup as group:
+            # The pump never raises, so a group only wraps the one exception of the
+            # ``async with`` body (trio's task groups wrap even that): unwrap it, so that
+            # callers see the same exceptions as with the redis-py driver.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0]  # noqa: B904 - the group is the context
+            raise
 
     async def _pump(
         self,
@@ -377,13 +490,14 @@ class CoredisDriver:
         send: MemoryObjectSendStream[tuple[bytes, bytes] | BaseException],
         stop: anyio.CancelScope,
         *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[BaseException | None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run coredis' PubSub in a task of its own and forward its messages.
 
         coredis' PubSub runs a task group: when its connection dies, it cancels the
         code inside ``async with pubsub`` and raises on exit. Hosting it here keeps
-        that inside this task, and the subscriber gets the error from ``get_message``.
+        that inside this task: the subscriber gets the error from ``get_message``.
+        Reports ``None`` once subscribed, or the error that prevented it.
         """
         started = False
         with send:
@@ -396,7 +510,7 @@ class CoredisDriver:
                     max_idle_seconds=self._keepalive_interval,
                 )
                 async with pubsub:
-                    task_status.started()
+                    task_status.started(None)
                     started = True
                     with stop:
                         while True:
@@ -404,7 +518,8 @@ class CoredisDriver:
                             if message is not None and message["type"] == "message":
                                 channel = cast("bytes", message["channel"])
                                 send.send_nowait((channel, cast("bytes", message["data"])))
-            except (cexc.RedisError, OSError, ExceptionGroup) as err:
-                if not started:
-                    _raise(err)
-                send.send_nowait(_translate(err))
+            except _ERRORS as err:
+                if started:
+                    send.send_nowait(_translate(err))
+                else:
+                    task_status.started(_translate(err))

@@ -13,8 +13,10 @@ Replies are returned raw: bulk strings as ``bytes``, integers as ``int``, arrays
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
 
 Arg: TypeAlias = bytes | str | int | float
 Command: TypeAlias = Sequence[Arg]
@@ -58,6 +60,19 @@ class Driver(Protocol):
         """Open a dedicated connection subscribed to ``channels``."""
         ...
 
+    async def open(self) -> None:
+        """Make the driver ready; idempotent. Call it before the first command, in the
+        task that will call :meth:`aclose`, outside any cancel scope (it does not
+        connect, so it needs no timeout), and close everything opened in between before
+        calling :meth:`aclose`: the pair behaves like one ``async with`` block.
+
+        The coredis driver needs this (entering a coredis client starts a task group
+        owned by the calling task, so it must be a long-lived task, not whichever task
+        sends the first command); for redis-py it does nothing.
+        """
+        ...
+
     async def aclose(self) -> None:
-        """Release the connections, unless the client was injected by the user."""
+        """Release the connections, unless the client was injected by the user.
+        Call it in the task that called :meth:`open`."""
         ...

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from ..errors import RedisConnectionError, RedisReplyError
+from gqm.errors import RedisConnectionError, RedisReplyError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
     from ._protocol import Arg, Command, Subscription
     from ._settings import RedisSettings
 
@@ -86,7 +87,7 @@ class RedisPyDriver:
 
     async def execute(self, *args: Arg) -> Any:
         try:
-            return await self._client.execute_command(*args)
+            return await self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         except (rexc.RedisError, OSError) as err:
             raise _translate(err) from err
 
@@ -110,7 +111,10 @@ class RedisPyDriver:
                 raise _translate(err) from err
             yield _RedisPySubscription(pubsub)
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def open(self) -> None:
+        """Nothing to do: redis-py connects lazily and needs no owning task."""
 
     async def aclose(self) -> None:
         if self._owned:
