@@ -106,19 +106,8 @@ async def test_execute_error_reply_raises(driver: Driver, prefix: str) -> None:
 
 
 @each_driver
-async def test_replies_are_raw(
-    driver: Driver, driver_kind: str, prefix: str, request: pytest.FixtureRequest
-) -> None:
+async def test_replies_are_raw(driver: Driver, prefix: str) -> None:
     """No client-side reshaping: the protocol promises what Redis sent."""
-    if driver_kind == "redis-py":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="redis-py's execute_command applies its response callbacks "
-                "(SET -> True, SMEMBERS -> set) when the command name is a str; "
-                "sending the name as bytes bypasses them",
-                strict=True,
-            )
-        )
     key = f"{prefix}:raw"
     assert await driver.execute("SET", key, "v") == b"OK"
     assert await driver.execute("PING") == b"PONG"

@@ -89,8 +89,13 @@ class Finisher:
                         break
                 await self.write(batch, retry=True)
 
-    async def write(self, batch: Sequence[FinishOp], *, retry: bool) -> None:
-        """Write ``batch`` now; with ``retry``, keep trying through connection errors."""
+    async def write(
+        self, batch: Sequence[FinishOp], *, retry: bool, driver: Driver | None = None
+    ) -> None:
+        """Write ``batch`` now; with ``retry``, keep trying through connection errors.
+
+        ``driver`` overrides the shared one (for hand-backs after cancellation).
+        """
         by_queue: dict[str, list[FinishOp]] = {}
         for op in batch:
             by_queue.setdefault(op.queue, []).append(op)
@@ -107,7 +112,7 @@ class Finisher:
         delay = 0.05
         while True:
             try:
-                replies = await scripts.run_many(self._driver, calls)
+                replies = await scripts.run_many(driver or self._driver, calls)
                 break
             except RedisConnectionError as err:
                 if not retry:
@@ -126,6 +131,6 @@ class Finisher:
         if swept:
             # Records whose retention ended: drop them from the id index too.
             try:
-                await self._driver.execute("HDEL", self._keys.ids, *swept)
+                await (driver or self._driver).execute("HDEL", self._keys.ids, *swept)
             except RedisConnectionError:
                 log.debug("could not trim the id index; the next sweep retries")

@@ -11,7 +11,7 @@ import enum
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,8 @@ from .errors import ConfigurationError, RedisError
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -122,6 +124,7 @@ class Pool:
         lease_ms: int,
         idle_wait: float,
         progress: Signal,
+        fresh_driver: Callable[[], AbstractAsyncContextManager[Driver]],
     ) -> None:
         self.config = config
         self._driver = driver
@@ -132,6 +135,7 @@ class Pool:
         self._lease_ms = lease_ms
         self._idle_wait = idle_wait
         self._progress = progress
+        self._fresh_driver = fresh_driver
         self._queues: list[QueueKeys] = [keys.queue(q) for q in config.queues]
         self._settings = PoolSettings(config.name, config.job_timeout, config.retry_policy)
         self._free = config.concurrency
@@ -265,8 +269,14 @@ class Pool:
         ops = [FinishOp(c.queue, c.job_id, c.token, "h") for c in mine]
         with anyio.move_on_after(HANDBACK_TIMEOUT, shield=True):
             try:
-                await self._finisher.write(ops, retry=False)
-            except RedisError as err:
+                try:
+                    await self._finisher.write(ops, retry=False)
+                except (RedisError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    # When the caller cancelled serve(), a trio (coredis) connection pool
+                    # was cancelled with it: hand back over a connection of our own.
+                    async with self._fresh_driver() as driver:
+                        await self._finisher.write(ops, retry=False, driver=driver)
+            except Exception as err:
                 log.warning(
                     "pool %s: hand-back of %d jobs failed (%s); the reaper will recover them",
                     self.config.name,

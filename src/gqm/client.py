@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl as _ssl
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
@@ -23,7 +24,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from types import TracebackType
 
     from ._task import Task
@@ -88,11 +89,25 @@ class Connection:
             self._driver = driver
         return self._driver
 
+    @asynccontextmanager
+    async def fresh(self) -> AsyncIterator[Driver]:
+        """A new, private driver for the body of the ``async with`` (not an injected
+        client's: that one cannot be cloned)."""
+        if self._redis is not None and not isinstance(self._redis, str):
+            raise ConfigurationError("cannot open a second connection from an injected client")
+        driver = open_driver(None, self._settings)
+        await driver.open()
+        try:
+            yield driver
+        finally:
+            await driver.aclose()
+
     async def aclose(self) -> None:
         if self._driver is not None:
             driver, self._driver = self._driver, None
-            with anyio.CancelScope(shield=True):
-                await driver.aclose()
+            # Not inside a shielded scope: coredis closes a task group that was opened
+            # outside it, and cancel scopes must nest.
+            await driver.aclose()
 
 
 def redis_settings(

@@ -18,7 +18,6 @@ back at once. Cancelling the caller's scope skips the grace period and hands bac
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from ._redis import Command
     from .retry import RetryPolicy
 
 log = logging.getLogger("gqm.server")
@@ -394,6 +394,7 @@ class Server:
                     lease_ms=lease_ms,
                     idle_wait=self.poll_interval,
                     progress=self._progress,
+                    fresh_driver=conn.fresh,
                 )
                 for cfg in configs
             ]
@@ -454,15 +455,25 @@ class Server:
                 infra.cancel_scope.cancel()
         finally:
             if conn.is_open:
-                with anyio.move_on_after(2, shield=True), contextlib.suppress(RedisError):
-                    await (await conn.get()).pipeline(
-                        [
-                            ["ZREM", keys.servers, self.server_id],
-                            ["DEL", keys.server(self.server_id)],
-                        ]
-                    )
+                await self._deregister()
             await conn.aclose()
             log.info("server %s stopped", self.server_id)
+
+    async def _deregister(self) -> None:
+        keys = self._conn.keys
+        commands: list[Command] = [
+            ["ZREM", keys.servers, self.server_id],
+            ["DEL", keys.server(self.server_id)],
+        ]
+        with anyio.move_on_after(2, shield=True):
+            try:
+                try:
+                    await (await self._conn.get()).pipeline(commands)
+                except (RedisError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    async with self._conn.fresh() as driver:  # see Pool._hand_back
+                        await driver.pipeline(commands)
+            except Exception as err:
+                log.debug("could not deregister server %s: %s", self.server_id, err)
 
     async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
         if sys.platform == "win32":  # pragma: no cover

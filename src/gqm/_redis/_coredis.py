@@ -385,11 +385,14 @@ class CoredisDriver:
         task the pool's task group cannot be exited, so the connections are dropped
         and :class:`RuntimeError` is raised to point at the misuse.
         """
-        async with self._lock:
-            self._closed = True
-            self._opened = False
-            stack, self._stack = self._stack, None
-            opener, self._opener_task = self._opener_task, None
+        # No lock and no checkpoint before the exit stack unwinds: when the caller is
+        # being cancelled, an await here would raise before the pool's task group is
+        # exited, leaving trio's cancel-scope stack corrupted. Plain assignments are
+        # atomic between checkpoints, so no lock is needed.
+        self._closed = True
+        self._opened = False
+        stack, self._stack = self._stack, None
+        opener, self._opener_task = self._opener_task, None
         if stack is None:
             return
         if anyio.get_current_task().id != opener:
@@ -447,6 +450,11 @@ class CoredisDriver:
             _raise(err)
         replies = pipe.results
         assert replies is not None
+        for reply in replies:
+            # coredis returns a reply timeout in place; like a lost connection (and
+            # like redis-py) it fails the whole pipeline: only replies are per command.
+            if isinstance(reply, cexc.ConnectionError | TimeoutError):
+                _raise(reply)
         return [_normalize(r) for r in replies]
 
     # -- publish/subscribe -----------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from ._settings import RedisSettings
 
 
+_CLOSE_TIMEOUT = 5.0
+
+
 def _translate(err: BaseException) -> BaseException:
     if isinstance(err, rexc.NoScriptError):
         return RedisReplyError(f"NOSCRIPT {err}")
@@ -25,6 +29,15 @@ def _translate(err: BaseException) -> BaseException:
     if isinstance(err, rexc.ConnectionError | rexc.TimeoutError | OSError):
         return RedisConnectionError(str(err) or type(err).__name__)
     return err
+
+
+def _raw(command: Sequence[Arg]) -> Sequence[Arg]:
+    # redis-py converts replies by command name (SET -> True, SMEMBERS -> set, ...); a
+    # name given as bytes matches none of its callbacks, so replies stay raw.
+    name = command[0]
+    if isinstance(name, str):
+        return [name.encode(), *command[1:]]
+    return command
 
 
 class _RedisPySubscription:
@@ -87,14 +100,14 @@ class RedisPyDriver:
 
     async def execute(self, *args: Arg) -> Any:
         try:
-            return await self._client.execute_command(*args)  # type: ignore[no-untyped-call]
+            return await self._client.execute_command(*_raw(args))  # type: ignore[no-untyped-call]
         except (rexc.RedisError, OSError) as err:
             raise _translate(err) from err
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for command in commands:
-            pipe.execute_command(*command)
+            pipe.execute_command(*_raw(command))
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (rexc.RedisError, OSError) as err:
@@ -111,11 +124,15 @@ class RedisPyDriver:
                 raise _translate(err) from err
             yield _RedisPySubscription(pubsub)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def open(self) -> None:
         """Nothing to do: redis-py connects lazily and needs no owning task."""
 
     async def aclose(self) -> None:
         if self._owned:
-            await self._client.aclose()
+            # Shielded (and bounded): closing while being cancelled must still close the
+            # sockets, or they leak until garbage collection.
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await self._client.aclose()

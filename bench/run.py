@@ -1,0 +1,247 @@
+"""gqm benchmarks: ``nox -s bench`` (or ``python bench/run.py``).
+
+Every scenario runs in its own subprocess (so peak RSS and CPU time belong to it alone)
+against a private redis-server that this script starts. Prints a table and writes
+``bench/results/<timestamp>.json``.
+
+Scenarios (no-op jobs, as in the original's table):
+
+* ``enqueue``: one producer awaiting each ``enqueue`` call;
+* ``batch100`` / ``batch1000``: ``enqueue_batch`` of 100 / 1000 jobs;
+* ``drain``: N jobs enqueued first, then a server with 10 workers starts; jobs/s from
+  its start to the last completion (results stored, leases, stats: full guarantees);
+* ``burst30``: the same with 30 workers;
+* ``e2e``: a producer enqueues while the server (10 workers) runs;
+* ``payload10k`` / ``payload100k``: drain with 10 KB / 100 KB payloads;
+* ``latency``: 1,000 jobs enqueued 2 ms apart to an idle server; enqueue-to-start ms.
+
+``cpu_us_per_job`` is the process CPU time (user + system) of the measured process,
+divided by the jobs; for drain-like scenarios only the serving part is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import gqm
+from gqm._embedded import EmbeddedRedis
+
+SCENARIOS = [
+    "enqueue",
+    "batch100",
+    "batch1000",
+    "drain",
+    "burst30",
+    "e2e",
+    "payload10k",
+    "payload100k",
+    "latency",
+]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def _flush(url: str) -> None:
+    async with gqm.Client(url) as c:
+        await (await c._conn.get()).execute("FLUSHALL")
+
+
+async def _enqueue_batches(client: gqm.Client, n: int, payload: Any, size: int = 1000) -> None:
+    for start in range(0, n, size):
+        await client.enqueue_batch(
+            [gqm.BatchItem("noop", payload) for _ in range(min(size, n - start))]
+        )
+
+
+async def _drain(url: str, n: int, workers: int, payload: Any) -> dict[str, float]:
+    async with gqm.Client(url) as client:
+        await _enqueue_batches(client, n, payload)
+        server = gqm.Server(url, concurrency=workers, handle_signals=False)
+        done = anyio.Event()
+        count = 0
+
+        @server.handler("noop")
+        async def noop(job: gqm.Job[Any]) -> None:
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set()
+
+        cpu0, t0 = _cpu(), time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve)
+            await done.wait()
+            elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+            server.shutdown()
+    return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+
+
+async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
+    await _flush(url)
+    if name == "enqueue":
+        async with gqm.Client(url) as client:
+            await client.enqueue("noop", None)  # connect and load the script first
+            cpu0, t0 = _cpu(), time.perf_counter()
+            for _ in range(n):
+                await client.enqueue("noop", None)
+            elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+    if name in ("batch100", "batch1000"):
+        size = 100 if name == "batch100" else 1000
+        async with gqm.Client(url) as client:
+            await client.enqueue("noop", None)
+            cpu0, t0 = _cpu(), time.perf_counter()
+            await _enqueue_batches(client, n, None, size)
+            elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+    if name == "drain":
+        return await _drain(url, n, 10, None)
+    if name == "burst30":
+        return await _drain(url, n, 30, None)
+    if name == "payload10k":
+        return await _drain(url, min(n, 5000), 10, "x" * 10_000)
+    if name == "payload100k":
+        return await _drain(url, min(n, 1000), 10, "x" * 100_000)
+    if name == "e2e":
+        return await _e2e(url, n)
+    if name == "latency":
+        return await _latency(url)
+    raise SystemExit(f"unknown scenario {name}")
+
+
+async def _e2e(url: str, n: int) -> dict[str, Any]:
+    server = gqm.Server(url, concurrency=10, handle_signals=False)
+    done = anyio.Event()
+    count = 0
+
+    @server.handler("noop")
+    async def noop(job: gqm.Job[Any]) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    async with gqm.Client(url) as client, anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        cpu0, t0 = _cpu(), time.perf_counter()
+        for _ in range(n):
+            await client.enqueue("noop", None)
+        await done.wait()
+        elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        server.shutdown()
+    return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+
+
+async def _latency(url: str, n: int = 1000, spacing: float = 0.002) -> dict[str, Any]:
+    server = gqm.Server(url, concurrency=10, handle_signals=False)
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+    done = anyio.Event()
+
+    @server.handler("noop")
+    async def noop(job: gqm.Job[Any]) -> None:
+        lat.append((time.perf_counter() - sent[job.id]) * 1000)
+        if len(lat) == n:
+            done.set()
+
+    async with gqm.Client(url) as client, anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        for i in range(n):
+            job_id = f"lat-{i}"
+            sent[job_id] = time.perf_counter()
+            await client.enqueue("noop", None, job_id=job_id)
+            await anyio.sleep(spacing)
+        await done.wait()
+        server.shutdown()
+    lat.sort()
+    return {
+        "jobs": n,
+        "p50_ms": statistics.median(lat),
+        "p99_ms": lat[int(n * 0.99) - 1],
+        "max_ms": lat[-1],
+    }
+
+
+def _child(args: argparse.Namespace) -> None:
+    if args.backend == "uvloop":
+        import uvloop  # noqa: F401 - fail early if missing
+
+        result = anyio.run(_scenario, args.one, args.url, args.n, backend="asyncio",
+                           backend_options={"use_uvloop": True})
+    else:
+        result = anyio.run(_scenario, args.one, args.url, args.n, backend=args.backend)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20_000, help="jobs per scenario (default 20000)")
+    parser.add_argument("--backends", default="asyncio,uvloop,trio")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario; the median is reported")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        _child(args)
+        return
+    results: list[dict[str, Any]] = []
+    with EmbeddedRedis() as url:
+        for backend in args.backends.split(","):
+            for scenario in args.scenarios.split(","):
+                runs = []
+                for _ in range(args.runs):
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--one", scenario, "--backend", backend,
+                         "--url", url, "--n", str(args.n)],
+                        capture_output=True, text=True, check=False,
+                    )
+                    if out.returncode != 0:
+                        print(out.stderr[-3000:], file=sys.stderr)
+                        raise SystemExit(f"{backend}/{scenario} failed")
+                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                key = "p50_ms" if scenario == "latency" else "jobs_per_s"
+                runs.sort(key=lambda r: r[key])
+                median = runs[len(runs) // 2]
+                row = {"backend": backend, "scenario": scenario, **median, "runs": runs}
+                results.append(row)
+                _print_row(row)
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    meta = {"n": args.n, "runs": args.runs, "python": sys.version, "gqm": gqm.__version__,
+            "cpus": os.cpu_count()}
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"\nwrote {path}")
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    if row["scenario"] == "latency":
+        figures = f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  max {row['max_ms']:.2f} ms"
+    else:
+        figures = f"{row['jobs_per_s']:>9,.0f} jobs/s  {row['cpu_us_per_job']:>7.1f} µs CPU/job"
+    print(f"{row['backend']:<8} {row['scenario']:<12} {figures}  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
