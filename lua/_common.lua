@@ -24,10 +24,11 @@ local function day_of(ms)
   return tostring(math.floor(ms / 86400000))
 end
 
--- Tell a waiting Client.result() that the job reached a terminal state.
-local function notify_done(channel_prefix, id, rec)
+-- Tell a waiting Client.result() that the job reached a terminal state: one channel per
+-- prefix, the message is the job id.
+local function notify_done(channel, id, rec)
   if rec.notify then
-    redis.call('PUBLISH', channel_prefix .. id, rec.status)
+    redis.call('PUBLISH', channel, id)
     rec.notify = nil
   end
 end

@@ -1,6 +1,6 @@
 -- Record the outcome of claimed jobs of one queue, fenced by their claim tokens.
 -- KEYS: leases, jobs, payloads, results, scheduled, ready, completed, dead, meta
--- ARGV: completed_ttl_ms, dead_ttl_ms, done_channel_prefix, wake_channel,
+-- ARGV: completed_ttl_ms, dead_ttl_ms, done_channel, wake_channel,
 --   then per job: id, token, outcome, data, n1, n2
 --   outcome 'c' completed: data = encoded result, n1 = 1 if there is a result
 --           'r' retry:     data = error, n1 = delay ms, n2 = 1 if the failure counts

@@ -1,7 +1,7 @@
 -- Recover jobs whose lease expired (their worker died or hung): back to the front of the
 -- queue, or to the dead-letter queue once recovered more than max_recoveries times.
 -- KEYS: leases, jobs, payloads, results, ready, dead, meta
--- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel_prefix
+-- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel
 -- Returns {recovered, dead_lettered, ms until the next lease expires or -1}
 local leases, jobs, payloads, results, ready, dead, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]

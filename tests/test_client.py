@@ -125,7 +125,7 @@ async def test_unique_blocks_reuse_while_the_record_is_kept(client: gqm.Client) 
     # Finish both jobs the way a worker would: claim, then complete with the claim token.
     reply = await run_script(client, "claim", scripts.claim_keys(q), [10, 30000, "w", "tok"])
     tokens = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 4)}
-    args: list[object] = [-1, -1, client.keys.done_channel_prefix, q.wake]
+    args: list[object] = [-1, -1, client.keys.done_channel, q.wake]
     for job_id, token in tokens.items():
         args += [job_id, token, "c", b"", 0, 0]
     codes, _ = await run_script(client, "finish", scripts.finish_keys(q), args)

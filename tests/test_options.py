@@ -320,7 +320,7 @@ def test_default_prefix_and_global_keys() -> None:
     assert keys.ids == "gqm:ids"
     assert keys.servers == "gqm:servers"
     assert keys.server("s1") == "gqm:server:s1"
-    assert keys.done_channel("j1") == "gqm:done:j1"
+    assert keys.done_channel == "gqm:done"
 
 
 def test_queue_keys_are_cached_and_validated() -> None:

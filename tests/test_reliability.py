@@ -38,7 +38,7 @@ async def _finish(
     client: gqm.Client, queue: str, job_id: str, token: str, outcome: str = "c"
 ) -> int:
     q = client.keys.queue(queue)
-    args = [-1, -1, client.keys.done_channel_prefix, q.wake, job_id, token, outcome, b"", 0, 1]
+    args = [-1, -1, client.keys.done_channel, q.wake, job_id, token, outcome, b"", 0, 1]
     codes, _ = await run_script(client, "finish", scripts.finish_keys(q), args)
     return int(codes[0])
 
@@ -48,7 +48,7 @@ async def _expire_leases(client: gqm.Client, queue: str) -> list[int]:
     q = client.keys.queue(queue)
     for job_id in await raw(client, "ZRANGE", q.leases, 0, -1):
         await raw(client, "ZADD", q.leases, 0, job_id)
-    args = [1000, 3, -1, q.wake, client.keys.done_channel_prefix]
+    args = [1000, 3, -1, q.wake, client.keys.done_channel]
     return list(await run_script(client, "reap", scripts.reap_keys(q), args))
 
 

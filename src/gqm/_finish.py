@@ -68,7 +68,7 @@ class Finisher:
     ) -> None:
         self._driver = driver
         self._keys = keys
-        self._ttls: list[Arg] = [completed_ttl_ms, dead_ttl_ms, keys.done_channel_prefix]
+        self._ttls: list[Arg] = [completed_ttl_ms, dead_ttl_ms, keys.done_channel]
         self._send, self._recv = anyio.create_memory_object_stream[FinishOp](math.inf)
 
     async def submit(self, op: FinishOp) -> int:

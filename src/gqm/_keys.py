@@ -21,7 +21,7 @@ a job up by id alone), ``servers`` (zset of server ids by last heartbeat) and
 ``server:<id>`` (the server's heartbeat record, with a TTL).
 
 Channels: ``{q}:wake`` (work became ready or the earliest due time changed) and
-``done:<id>`` (a job someone waits on reached a terminal state).
+``done`` (a job someone waits on reached a terminal state; the message is its id).
 """
 
 from __future__ import annotations
@@ -107,8 +107,6 @@ class Keys:
         return f"{self.prefix}:server:{server_id}"
 
     @cached_property
-    def done_channel_prefix(self) -> str:
-        return f"{self.prefix}:done:"
-
-    def done_channel(self, job_id: str) -> str:
-        return self.done_channel_prefix + job_id
+    def done_channel(self) -> str:
+        """Where finishing scripts publish the id of a job that someone waits on."""
+        return f"{self.prefix}:done"

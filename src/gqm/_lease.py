@@ -66,7 +66,7 @@ async def reap_forever(
     interval: float,
     max_recoveries: int,
     dead_ttl_ms: int,
-    done_channel_prefix: str,
+    done_channel: str,
 ) -> None:
     """Recover expired leases of ``queues``, at least every ``interval`` seconds."""
     reap = scripts.script("reap")
@@ -74,7 +74,7 @@ async def reap_forever(
         (
             reap,
             scripts.reap_keys(q),
-            [1000, max_recoveries, dead_ttl_ms, q.wake, done_channel_prefix],
+            [1000, max_recoveries, dead_ttl_ms, q.wake, done_channel],
         )
         for q in queues
     ]

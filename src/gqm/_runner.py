@@ -101,6 +101,12 @@ def forget(inflight: dict[str, Claimed], claimed: Claimed) -> None:
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, SkipRetry):
+        # The reason is the message, or the error it wraps (`raise SkipRetry() from e`).
+        if not str(err) and err.__cause__ is not None:
+            err = err.__cause__
+        else:
+            return f"SkipRetry: {err}"[:_MAX_ERROR_CHARS]
     text = "".join(traceback.format_exception_only(err)).strip()
     return text[:_MAX_ERROR_CHARS]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl as _ssl
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
@@ -14,6 +14,7 @@ from ._job import Job, JobRecord, JobStatus, any_decoder, record_decoder
 from ._keys import Keys, QueueKeys
 from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
 from ._redis import Arg, Driver, RedisSettings, open_driver
+from ._results import DoneListener
 from .errors import (
     BatchTooLargeError,
     ConfigurationError,
@@ -26,6 +27,8 @@ from .errors import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
     from types import TracebackType
+
+    from anyio.abc import TaskGroup
 
     from ._task import Task
 
@@ -172,6 +175,10 @@ class Client:
             socket_timeout=socket_timeout,
         )
         self._conn = Connection(redis, prefix, settings)
+        self._stack: AsyncExitStack | None = None
+        self._tasks: TaskGroup | None = None
+        self._done_listener: DoneListener | None = None
+        self._listener_lock = anyio.Lock()
 
     @property
     def keys(self) -> Keys:
@@ -179,6 +186,11 @@ class Client:
 
     async def __aenter__(self) -> Self:
         await self._conn.get()
+        stack = AsyncExitStack()
+        # Background tasks (the shared result subscription) live in this task group,
+        # entered and exited in the task that enters the client.
+        self._tasks = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
         return self
 
     async def __aexit__(
@@ -191,6 +203,12 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the connection (an injected client is left open)."""
+        stack, self._stack = self._stack, None
+        if stack is not None and self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+            self._tasks = None
+            self._done_listener = None
+            await stack.aclose()
         await self._conn.aclose()
 
     # -- enqueue ---------------------------------------------------------------------
@@ -395,6 +413,8 @@ class Client:
         """Wait until the job finishes and return its handler's return value.
 
         Waits on a notification published by the finishing script, not by polling.
+        Inside ``async with Client(...)`` all waits share one subscription; otherwise
+        each call opens its own.
 
         :raises JobFailedError: the job ended in the dead-letter queue or was canceled.
         :raises TimeoutError: ``timeout`` seconds passed first.
@@ -404,14 +424,34 @@ class Client:
         driver = await self._conn.get()
         watch = scripts.script("watch")
         with anyio.fail_after(timeout):
-            async with driver.subscribe(self.keys.done_channel(job_id)) as sub:
-                while True:
+            listener = await self._listener()
+            if listener is None:
+                async with driver.subscribe(self.keys.done_channel) as sub:
+                    while True:
+                        reply = await scripts.run(driver, watch, scripts.watch_keys(q), [job_id])
+                        if len(reply) != 1:
+                            return _outcome(job_id, reply)
+                        while (await sub.get_message())[1] != job_id.encode():
+                            pass
+            while True:
+                event = listener.register(job_id)
+                try:
                     reply = await scripts.run(driver, watch, scripts.watch_keys(q), [job_id])
-                    if not reply:
-                        raise JobNotFoundError(f"no job with id {job_id!r}")
-                    if len(reply) > 1:
+                    if len(reply) != 1:
                         return _outcome(job_id, reply)
-                    await sub.get_message()
+                    await event.wait()
+                finally:
+                    listener.unregister(job_id, event)
+
+    async def _listener(self) -> DoneListener | None:
+        if self._tasks is None:
+            return None
+        async with self._listener_lock:
+            if self._done_listener is None:
+                listener = DoneListener(self.keys.done_channel)
+                await self._tasks.start(listener.run, await self._conn.get())
+                self._done_listener = listener
+        return self._done_listener
 
     # -- queue control -----------------------------------------------------------------
 
@@ -476,6 +516,8 @@ def _with_status(rec: JobRecord, status: str) -> JobRecord:
 
 
 def _outcome(job_id: str, reply: list[Any]) -> Any:
+    if not reply:
+        raise JobNotFoundError(f"no job with id {job_id!r}")
     status = reply[0].decode()
     error = reply[1].decode() if reply[1] else None
     if status != JobStatus.COMPLETED:

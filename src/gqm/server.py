@@ -418,7 +418,7 @@ class Server:
                         interval=self.reap_interval,
                         max_recoveries=self.max_recoveries,
                         dead_ttl_ms=self.dead_ttl_ms,
-                        done_channel_prefix=keys.done_channel_prefix,
+                        done_channel=keys.done_channel,
                     )
                 )
                 infra.start_soon(

@@ -8,17 +8,22 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.connection import Connection, SSLConnection
 
 from gqm.errors import RedisConnectionError, RedisReplyError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    import ssl
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from ._protocol import Arg, Command, Subscription
     from ._settings import RedisSettings
 
 
 _CLOSE_TIMEOUT = 5.0
+#: Connections per driver, and how long a call waits for a free one.
+_MAX_CONNECTIONS = 64
+_POOL_WAIT = 30.0
 
 
 def _translate(err: BaseException) -> BaseException:
@@ -38,6 +43,19 @@ def _raw(command: Sequence[Arg]) -> Sequence[Arg]:
     if isinstance(name, str):
         return [name.encode(), *command[1:]]
     return command
+
+
+class _ContextSSLConnection(SSLConnection):
+    """A TLS connection using the caller's own ``ssl.SSLContext``."""
+
+    def __init__(self, *, gqm_ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gqm_ssl_context = gqm_ssl_context
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        arguments = dict(super()._connection_arguments())
+        arguments["ssl"] = self._gqm_ssl_context
+        return arguments
 
 
 class _RedisPySubscription:
@@ -65,38 +83,35 @@ class RedisPyDriver:
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> RedisPyDriver:
-        """Build a client that this driver owns (and closes)."""
+        """Build a client that this driver owns (and closes).
+
+        The pool blocks when all its connections are busy (up to ``_POOL_WAIT``
+        seconds) instead of failing, so a burst of concurrent calls queues up.
+        """
         kwargs: dict[str, Any] = {
-            "decode_responses": False,
             "socket_timeout": settings.socket_timeout,
             "socket_connect_timeout": settings.connect_timeout,
             "health_check_interval": settings.health_check_interval,
-            "max_connections": settings.max_connections,
+            "max_connections": settings.max_connections or _MAX_CONNECTIONS,
+            "timeout": _POOL_WAIT,
         }
+        for name in ("username", "password", "db"):
+            value = getattr(settings, name)
+            if value is not None:
+                kwargs[name] = value
         if settings.url is not None:
-            if settings.password is not None:
-                kwargs["password"] = settings.password
-            if settings.username is not None:
-                kwargs["username"] = settings.username
-            if settings.db is not None:
-                kwargs["db"] = settings.db
-            if settings.ssl_context is not None:
-                kwargs["ssl_context"] = settings.ssl_context
-            client = aioredis.Redis.from_url(settings.url, **kwargs)
+            pool = aioredis.BlockingConnectionPool.from_url(settings.url, **kwargs)
         else:
-            kwargs.update(
+            pool = aioredis.BlockingConnectionPool(
+                connection_class=SSLConnection if settings.ssl else Connection,
                 host=settings.host,
                 port=settings.port,
-                db=settings.db or 0,
-                password=settings.password,
-                username=settings.username,
+                **kwargs,
             )
-            if settings.ssl:
-                kwargs["ssl"] = True
-                if settings.ssl_context is not None:
-                    kwargs["ssl_context"] = settings.ssl_context
-            client = aioredis.Redis(**kwargs)
-        return cls(client, owned=True)
+        if settings.ssl_context is not None:
+            pool.connection_class = _ContextSSLConnection
+            pool.connection_kwargs["gqm_ssl_context"] = settings.ssl_context
+        return cls(aioredis.Redis.from_pool(pool), owned=True)
 
     async def execute(self, *args: Arg) -> Any:
         try:
