@@ -75,15 +75,18 @@ async def _serve(args: argparse.Namespace) -> None:
             settings[name] = value
     server = gqm.Server(args.url, **settings)
     fd = os.open(args.exec_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    tag: str = args.tag
+    mode: str = args.mode
+    pause: float = args.sleep
 
     async def work(job: gqm.Job[Any]) -> str:
-        os.write(fd, f"{args.tag} {job.id} {job.attempt}\n".encode())
+        os.write(fd, f"{tag} {job.id} {job.attempt}\n".encode())
         print(f"started {job.id}", flush=True)
-        if args.mode == "block":
+        if mode == "block":
             await anyio.Event().wait()
-        elif args.mode == "sleep":
-            await anyio.sleep(args.sleep)
-        return args.tag
+        elif mode == "sleep":
+            await anyio.sleep(pause)
+        return tag
 
     server.handle(JOB_TYPE, work)
     try:

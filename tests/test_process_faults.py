@@ -25,7 +25,12 @@ from .helpers import raw
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # The figures go to junit as testcase properties, which pytest's default junit
+    # family (xunit2) warns about; the suite turns warnings into errors.
+    pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
+]
 
 #: Fast-mode lease settings of the SIGKILL test (the defaults are 30 s and 10 s).
 LEASE_TTL = 2.0
