@@ -62,6 +62,20 @@ local function finalize(rec, id, index, ttl, now, jobs, payloads, results)
   end
 end
 
+-- A job reached a terminal state: queue one outbox entry per dependent child, so that
+-- the resolver (which may touch other queues' slots) releases or cancels them. The
+-- dependents list is deleted here, so each edge is announced once.
+local function fan_out(dependents, outbox, id, status)
+  local raw = redis.call('HGET', dependents, id)
+  if not raw then return 0 end
+  redis.call('HDEL', dependents, id)
+  local children = cjson.decode(raw)
+  for _, child in ipairs(children) do
+    redis.call('LPUSH', outbox, cjson.encode({ p = id, s = status, c = child[1], q = child[2] }))
+  end
+  return #children
+end
+
 -- Wake idle fetchers when a ready list goes from empty to non-empty.
 local function push_ready(ready, id, front, wake_channel)
   local len

@@ -1,11 +1,12 @@
 -- Enqueue one or more jobs into one queue.
--- KEYS: jobs, payloads, results, ready, scheduled, completed, dead
+-- KEYS: jobs, payloads, results, ready, scheduled, completed, dead, deferred, canceled
 -- ARGV: wake_channel, then per job: id, record (JSON), payload, mode, when_ms, nonce
---   mode: 'b' back of the queue, 'f' front, 'i' in when_ms ms, 'a' at unix ms when_ms
+--   mode: 'b' back of the queue, 'f' front, 'i' in when_ms ms, 'a' at unix ms when_ms,
+--         'd' deferred until its parents resolve (the record carries `pending`)
 -- Returns per job {code, status}: 0 created, 1 replay of this very call (lost reply),
 --   -1 duplicate (the id is taken; status is the existing job's).
-local jobs, payloads, results, ready, scheduled, completed, dead =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local jobs, payloads, results, ready, scheduled, completed, dead, deferred, canceled =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local wake = ARGV[1]
 local now = now_ms()
 local out = {}
@@ -24,6 +25,7 @@ for i = 2, #ARGV, 6 do
       -- The id is reused after its job finished: forget the old run.
       redis.call('ZREM', completed, id)
       redis.call('ZREM', dead, id)
+      redis.call('ZREM', canceled, id)
       redis.call('HDEL', results, id)
     end
   end
@@ -34,7 +36,10 @@ for i = 2, #ARGV, 6 do
     rec.nonce = nonce
     local due = nil
     if mode == 'i' then due = now + when elseif mode == 'a' then due = when end
-    if due and due > now then
+    if mode == 'd' then
+      rec.status = 'deferred'
+      redis.call('ZADD', deferred, now, id)
+    elseif due and due > now then
       rec.status = 'scheduled'
       rec.scheduled_at = due
       redis.call('ZADD', scheduled, due, id)

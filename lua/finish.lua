@@ -1,22 +1,24 @@
 -- Record the outcome of claimed jobs of one queue, fenced by their claim tokens.
--- KEYS: leases, jobs, payloads, results, scheduled, ready, completed, dead, meta
+-- KEYS: leases, jobs, payloads, results, scheduled, ready, completed, dead, meta,
+--   dependents, outbox, canceled
 -- ARGV: completed_ttl_ms, dead_ttl_ms, done_channel, wake_channel,
 --   then per job: id, token, outcome, data, n1, n2
 --   outcome 'c' completed: data = encoded result, n1 = 1 if there is a result
 --           'r' retry:     data = error, n1 = delay ms, n2 = 1 if the failure counts
 --           'd' dead:      data = error
 --           'h' hand back (shutdown): the claim is undone and does not count
--- Returns {codes, swept}: per job 1 done, 2 already done by this same token (a replayed
---   call), 0 refused (the token no longer owns the job: its lease was lost); swept are ids
---   whose retention expired.
+-- Returns {codes, swept, fanned}: per job 1 done, 2 already done by this same token (a
+--   replayed call), 0 refused (the token no longer owns the job: its lease was lost);
+--   swept are ids whose retention expired; fanned counts outbox entries for dependents.
 local leases, jobs, payloads, results, scheduled, ready, completed, dead, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local dependents, outbox, canceled = KEYS[10], KEYS[11], KEYS[12]
 local completed_ttl, dead_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local done_prefix, wake = ARGV[3], ARGV[4]
 local now = now_ms()
 local day = day_of(now)
 local codes = {}
-local processed, failed = 0, 0
+local processed, failed, fanned = 0, 0, 0
 for i = 5, #ARGV, 6 do
   local id, token, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rec = load_job(jobs, id)
@@ -33,6 +35,7 @@ for i = 5, #ARGV, 6 do
         finalize(rec, id, completed, completed_ttl, now, jobs, payloads, results)
         processed = processed + 1
         notify_done(done_prefix, id, rec)
+        fanned = fanned + fan_out(dependents, outbox, id, 'completed')
       elseif outcome == 'r' then
         local due = now + tonumber(ARGV[i + 4])
         rec.status = 'retry'
@@ -50,6 +53,7 @@ for i = 5, #ARGV, 6 do
         finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results)
         failed = failed + 1
         notify_done(done_prefix, id, rec)
+        fanned = fanned + fan_out(dependents, outbox, id, 'dead_letter')
       else
         rec.status = 'ready'
         rec.attempt = rec.attempt - 1
@@ -74,7 +78,10 @@ if failed > 0 then
   redis.call('HINCRBY', meta, 'failed:' .. day, failed)
 end
 local swept = sweep(completed, completed_ttl, now, jobs, payloads, results, 100)
-for _, id in ipairs(sweep(dead, dead_ttl, now, jobs, payloads, results, 100)) do
-  table.insert(swept, id)
+for _, index in ipairs({ dead, canceled }) do
+  for _, id in ipairs(sweep(index, dead_ttl, now, jobs, payloads, results, 100)) do
+    table.insert(swept, id)
+  end
 end
-return { codes, swept }
+if fanned > 0 then redis.call('PUBLISH', wake, 'd') end
+return { codes, swept, fanned }

@@ -1,10 +1,11 @@
 -- Recover jobs whose lease expired (their worker died or hung): back to the front of the
 -- queue, or to the dead-letter queue once recovered more than max_recoveries times.
--- KEYS: leases, jobs, payloads, results, ready, dead, meta
+-- KEYS: leases, jobs, payloads, results, ready, dead, meta, dependents, outbox
 -- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel
 -- Returns {recovered, dead_lettered, ms until the next lease expires or -1}
 local leases, jobs, payloads, results, ready, dead, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local dependents, outbox = KEYS[8], KEYS[9]
 local max_recoveries, dead_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
@@ -23,6 +24,9 @@ for _, id in ipairs(expired) do
       redis.call('HINCRBY', meta, 'failed', 1)
       redis.call('HINCRBY', meta, 'failed:' .. day_of(now), 1)
       notify_done(ARGV[5], id, rec)
+      if fan_out(dependents, outbox, id, 'dead_letter') > 0 then
+        redis.call('PUBLISH', ARGV[4], 'd')
+      end
       buried = buried + 1
     else
       rec.status = 'ready'

@@ -128,7 +128,7 @@ async def test_unique_blocks_reuse_while_the_record_is_kept(client: gqm.Client) 
     args: list[object] = [-1, -1, client.keys.done_channel, q.wake]
     for job_id, token in tokens.items():
         args += [job_id, token, "c", b"", 0, 0]
-    codes, _ = await run_script(client, "finish", scripts.finish_keys(q), args)
+    codes, _, _ = await run_script(client, "finish", scripts.finish_keys(q), args)
     assert codes == [1, 1]
     with pytest.raises(gqm.DuplicateJobError):
         await client.enqueue("t", 2, job_id="u-1", unique=True)

@@ -300,7 +300,7 @@ def test_all_keys_of_a_queue_share_one_hash_tag() -> None:
     """Every key and channel of a queue starts with the prefix and hashes to ``{queue}``."""
     keys = Keys("myapp").queue("emails")
     names = [slot for slot in QueueKeys.__slots__ if slot != "name"]
-    assert len(names) == 10
+    assert len(names) == 14
     for slot in names:
         key = getattr(keys, slot)
         assert key.startswith("myapp:{emails}:"), key

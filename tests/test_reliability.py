@@ -39,7 +39,7 @@ async def _finish(
 ) -> int:
     q = client.keys.queue(queue)
     args = [-1, -1, client.keys.done_channel, q.wake, job_id, token, outcome, b"", 0, 1]
-    codes, _ = await run_script(client, "finish", scripts.finish_keys(q), args)
+    codes, _, _ = await run_script(client, "finish", scripts.finish_keys(q), args)
     return int(codes[0])
 
 

@@ -14,6 +14,7 @@ from .client import MAX_BATCH, BatchItem, Client
 from .errors import (
     BatchTooLargeError,
     ConfigurationError,
+    DependencyError,
     DuplicateJobError,
     GqmError,
     JobFailedError,
@@ -38,6 +39,7 @@ __all__ = [
     "BatchTooLargeError",
     "Client",
     "ConfigurationError",
+    "DependencyError",
     "DequeueStrategy",
     "DuplicateJobError",
     "GqmError",

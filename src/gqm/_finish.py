@@ -123,7 +123,7 @@ class Finisher:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         swept: list[Any] = []
-        for ops, (codes, gone) in zip(groups, replies, strict=True):
+        for ops, (codes, gone, _fanned) in zip(groups, replies, strict=True):
             for op, code in zip(ops, codes, strict=True):
                 op.code = int(code)
                 op.done.set()

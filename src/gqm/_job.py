@@ -70,6 +70,9 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
     error: str | None = None
     worker_id: str | None = None
     token: str | None = None
+    depends_on: list[str] | None = None
+    allow_failure: bool = False
+    pending: dict[str, int] | None = None
 
 
 record_encoder = msgspec.json.Encoder()
@@ -113,6 +116,9 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
     completed_at: datetime | None = None
     error: str | None = None
     worker_id: str | None = None
+    depends_on: tuple[str, ...] = ()
+    allow_failure: bool = False
+    pending: tuple[str, ...] = ()
     result: Any = None
 
     @classmethod
@@ -138,6 +144,9 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
             completed_at=_ts(rec.completed_at),
             error=rec.error,
             worker_id=rec.worker_id,
+            depends_on=tuple(rec.depends_on or ()),
+            allow_failure=rec.allow_failure,
+            pending=tuple(sorted(rec.pending or ())),
             result=result,
         )
 

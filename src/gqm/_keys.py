@@ -12,6 +12,11 @@ script touches a single cluster slot. Per queue:
 ``{q}:scheduled``         zset    delayed jobs and retries, scored by due time
 ``{q}:completed``         zset    completed ids, scored by finish time (retention sweep)
 ``{q}:dead``              zset    dead-letter ids, scored by finish time
+``{q}:canceled``          zset    canceled ids, scored by finish time
+``{q}:deferred``          zset    ids waiting for their parents (DAG), by enqueue time
+``{q}:dependents``        hash    parent id -> JSON list of ``[child id, child queue]``
+``{q}:outbox``            list    parent outcomes to apply to children (JSON entries),
+                                  drained by every server's resolver
 ``{q}:meta``              hash    ``paused`` flag and counters (``processed``, ``failed``,
                                   and per day ``processed:<day>``)
 ========================  ======  ==========================================================
@@ -47,12 +52,16 @@ class QueueKeys:
     """The keys and channels of one queue."""
 
     __slots__ = (
+        "canceled",
         "completed",
         "dead",
+        "deferred",
+        "dependents",
         "jobs",
         "leases",
         "meta",
         "name",
+        "outbox",
         "payloads",
         "ready",
         "results",
@@ -71,6 +80,10 @@ class QueueKeys:
         self.scheduled = base + "scheduled"
         self.completed = base + "completed"
         self.dead = base + "dead"
+        self.canceled = base + "canceled"
+        self.deferred = base + "deferred"
+        self.dependents = base + "dependents"
+        self.outbox = base + "outbox"
         self.meta = base + "meta"
         self.wake = base + "wake"
 

@@ -57,7 +57,18 @@ def script(name: str) -> Script:
     return Script(name)
 
 
-ALL_SCRIPTS = ("enqueue", "claim", "finish", "renew", "reap", "promote", "pause", "watch")
+ALL_SCRIPTS = (
+    "enqueue",
+    "claim",
+    "finish",
+    "renew",
+    "reap",
+    "promote",
+    "pause",
+    "watch",
+    "link",
+    "resolve",
+)
 
 
 async def load_all(driver: Driver) -> None:
@@ -110,7 +121,17 @@ async def run(driver: Driver, s: Script, keys: Sequence[str], args: Sequence[Arg
 
 
 def enqueue_keys(q: QueueKeys) -> list[str]:
-    return [q.jobs, q.payloads, q.results, q.ready, q.scheduled, q.completed, q.dead]
+    return [
+        q.jobs,
+        q.payloads,
+        q.results,
+        q.ready,
+        q.scheduled,
+        q.completed,
+        q.dead,
+        q.deferred,
+        q.canceled,
+    ]
 
 
 def claim_keys(q: QueueKeys) -> list[str]:
@@ -128,6 +149,9 @@ def finish_keys(q: QueueKeys) -> list[str]:
         q.completed,
         q.dead,
         q.meta,
+        q.dependents,
+        q.outbox,
+        q.canceled,
     ]
 
 
@@ -136,7 +160,17 @@ def renew_keys(q: QueueKeys) -> list[str]:
 
 
 def reap_keys(q: QueueKeys) -> list[str]:
-    return [q.leases, q.jobs, q.payloads, q.results, q.ready, q.dead, q.meta]
+    return [
+        q.leases,
+        q.jobs,
+        q.payloads,
+        q.results,
+        q.ready,
+        q.dead,
+        q.meta,
+        q.dependents,
+        q.outbox,
+    ]
 
 
 def promote_keys(q: QueueKeys) -> list[str]:
@@ -151,6 +185,14 @@ def watch_keys(q: QueueKeys) -> list[str]:
     return [q.jobs, q.results]
 
 
+def link_keys(q: QueueKeys) -> list[str]:
+    return [q.jobs, q.dependents]
+
+
+def resolve_keys(q: QueueKeys) -> list[str]:
+    return [q.jobs, q.payloads, q.results, q.ready, q.deferred, q.canceled, q.dependents, q.outbox]
+
+
 __all__ = [
     "ALL_SCRIPTS",
     "Keys",
@@ -159,11 +201,13 @@ __all__ = [
     "claim_keys",
     "enqueue_keys",
     "finish_keys",
+    "link_keys",
     "load_all",
     "pause_keys",
     "promote_keys",
     "reap_keys",
     "renew_keys",
+    "resolve_keys",
     "run",
     "run_many",
     "script",

@@ -1,8 +1,9 @@
 """Wake-ups: idle fetchers and the promoter sleep until Redis says there is work.
 
 The scripts publish on a queue's ``wake`` channel when its ready list goes from empty to
-non-empty (``r``) or when the earliest due time of its scheduled set moves closer
-(``s``). One subscription per server listens to the channels of every queue it serves
+non-empty (``r``), when the earliest due time of its scheduled set moves closer
+(``s``), or when a finished job left outcomes for its dependents in the outbox
+(``d``). One subscription per server listens to the channels of every queue it serves
 and sets the matching :class:`Signal`. A fetcher takes the signal's current event
 *before* it claims, so a message that arrives between an empty claim and the wait is
 never lost.
@@ -50,6 +51,7 @@ class WakeHub:
     def __init__(self) -> None:
         self._ready: dict[str, list[Signal]] = {}
         self._scheduled: dict[str, list[Signal]] = {}
+        self._resolved: dict[str, list[Signal]] = {}
         self._channels: dict[str, str] = {}
 
     def on_ready(self, queue: QueueKeys, signal: Signal) -> None:
@@ -60,8 +62,14 @@ class WakeHub:
         self._scheduled.setdefault(queue.name, []).append(signal)
         self._channels[queue.wake] = queue.name
 
+    def on_outbox(self, queue: QueueKeys, signal: Signal) -> None:
+        """Fire ``signal`` when a job of ``queue`` finished with dependents waiting."""
+        self._resolved.setdefault(queue.name, []).append(signal)
+        self._channels[queue.wake] = queue.name
+
     def _fire_all(self) -> None:
-        for signals in (*self._ready.values(), *self._scheduled.values()):
+        tables = (self._ready, self._scheduled, self._resolved)
+        for signals in (s for table in tables for s in table.values()):
             for s in signals:
                 s.fire()
 
@@ -69,7 +77,12 @@ class WakeHub:
         queue = self._channels.get(channel.decode())
         if queue is None:
             return
-        table = self._scheduled if data == b"s" else self._ready
+        if data == b"s":
+            table = self._scheduled
+        elif data == b"d":
+            table = self._resolved
+        else:
+            table = self._ready
         for s in table.get(queue, ()):
             s.fire()
 

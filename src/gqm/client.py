@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import anyio
 
+from . import _dag
 from . import _scripts as scripts
-from ._job import Job, JobRecord, JobStatus, any_decoder, record_decoder
+from ._job import TERMINAL_STATES, Job, JobRecord, JobStatus, any_decoder, record_decoder
 from ._keys import Keys, QueueKeys
 from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
 from ._redis import Arg, Driver, RedisSettings, open_driver
@@ -18,6 +19,7 @@ from ._results import DoneListener
 from .errors import (
     BatchTooLargeError,
     ConfigurationError,
+    DependencyError,
     DuplicateJobError,
     JobFailedError,
     JobNotFoundError,
@@ -36,6 +38,9 @@ P = TypeVar("P")
 
 #: The most jobs one ``enqueue_batch`` call takes (one pipeline).
 MAX_BATCH = 1000
+#: Retention of jobs canceled because a parent failed, when the client cancels them
+#: itself (servers use their ``dead_ttl``): 30 days, as dead-letter jobs.
+_DAG_CANCELED_TTL_MS = 30 * 86400 * 1000
 
 
 class BatchItem(Generic[P]):
@@ -228,6 +233,8 @@ class Client:
         enqueued_by: str | None = None,
         at_front: bool = False,
         unique: bool = False,
+        depends_on: Sequence[str] | None = None,
+        allow_failure: bool = False,
     ) -> Job[P]: ...
     @overload
     async def enqueue(
@@ -244,6 +251,8 @@ class Client:
         enqueued_by: str | None = None,
         at_front: bool = False,
         unique: bool = False,
+        depends_on: Sequence[str] | None = None,
+        allow_failure: bool = False,
     ) -> Job[Any]: ...
     async def enqueue(
         self,
@@ -259,6 +268,8 @@ class Client:
         enqueued_by: str | None = None,
         at_front: bool = False,
         unique: bool = False,
+        depends_on: Sequence[str] | None = None,
+        allow_failure: bool = False,
     ) -> Job[Any]:
         """Enqueue a job to run as soon as a worker is free.
 
@@ -278,7 +289,13 @@ class Client:
         :param unique: make ``job_id`` an idempotency key: the id stays taken until the
             job's finished record expires (its retention TTL), so a duplicate enqueue
             raises :class:`~gqm.DuplicateJobError` even after the job completed.
+        :param depends_on: ids of jobs (on any queue) that must complete first; the job
+            waits as ``deferred``. If a parent ends in the dead-letter queue or is
+            canceled, this job is canceled too (and so are its own dependents)...
+        :param allow_failure: ...unless this is set: then a failed parent counts as
+            resolved, and the job runs once every parent has finished either way.
         :raises DuplicateJobError: the id is taken (see ``job_id`` and ``unique``).
+        :raises DependencyError: a parent does not exist, or the edge would close a cycle.
         """
         rec = build_record(
             task,
@@ -292,8 +309,103 @@ class Client:
             at_front=at_front,
             unique=unique,
         )
+        if depends_on:
+            return await self._enqueue_dependent(
+                rec, payload, encode_payload(payload), depends_on, allow_failure
+            )
+        if allow_failure:
+            raise ConfigurationError("allow_failure only applies together with depends_on")
         mode = "f" if at_front else "b"
         (job,) = await self._enqueue([(rec, payload, encode_payload(payload), mode, 0)])
+        return job
+
+    async def _enqueue_dependent(
+        self,
+        rec: JobRecord,
+        payload: Any,
+        data: bytes,
+        depends_on: Sequence[str],
+        allow_failure: bool,
+    ) -> Job[Any]:
+        parents = list(dict.fromkeys(depends_on))
+        driver = await self._conn.get()
+        records: dict[str, JobRecord] = {}
+
+        async def load(ids: Sequence[str]) -> None:
+            queues = await driver.pipeline([["HGET", self.keys.ids, i] for i in ids])
+            raws = await driver.pipeline(
+                [
+                    ["HGET", self.keys.queue(q.decode()).jobs, i]
+                    for i, q in zip(ids, queues, strict=True)
+                    if q is not None
+                ]
+            )
+            found = iter(raws)
+            for i, q in zip(ids, queues, strict=True):
+                raw = next(found) if q is not None else None
+                if raw is not None:
+                    records[i] = record_decoder.decode(raw)
+
+        await load(parents)
+        unknown = [p for p in parents if p not in records]
+        if unknown:
+            raise DependencyError(f"unknown parent job(s): {', '.join(unknown)}")
+
+        async def parents_of(job_id: str) -> Sequence[str]:
+            found = records.get(job_id)
+            if found is None:
+                await load([job_id])
+                found = records.get(job_id)
+            # Only a live job's edges can still matter: a finished parent is resolved.
+            if found is None or found.status in TERMINAL_STATES:
+                return ()
+            return found.depends_on or ()
+
+        cycle = await _dag.find_cycle(rec.id, parents, parents_of)
+        if cycle is not None:
+            raise DependencyError(f"dependency cycle: {' -> '.join(cycle)}")
+        rec.depends_on = parents
+        rec.pending = dict.fromkeys(parents, 1)
+        rec.allow_failure = allow_failure
+        (job,) = await self._enqueue([(rec, payload, data, "d", 0)])
+        link = scripts.script("link")
+        statuses = await scripts.run_many(
+            driver,
+            [
+                (
+                    link,
+                    scripts.link_keys(self.keys.queue(records[p].queue)),
+                    [p, rec.id, rec.queue],
+                )
+                for p in parents
+            ],
+        )
+        # Parents that had already finished: resolve those edges now.
+        resolve = scripts.script("resolve")
+        q = self.keys.queue(rec.queue)
+        settled = [
+            (p, status.decode())
+            for p, status in zip(parents, statuses, strict=True)
+            if status != b"linked"
+        ]
+        if settled:
+            await scripts.run_many(
+                driver,
+                [
+                    (
+                        resolve,
+                        scripts.resolve_keys(q),
+                        [rec.id, p, status, _DAG_CANCELED_TTL_MS, q.wake, self.keys.done_channel],
+                    )
+                    for p, status in settled
+                ],
+            )
+            if any(status != "completed" for _, status in settled) and not allow_failure:
+                # A canceled child may have dependents of its own by now: let the
+                # servers' resolvers know.
+                await _dag.drain_outboxes(
+                    driver, self.keys, [rec.queue], canceled_ttl_ms=_DAG_CANCELED_TTL_MS
+                )
         return job
 
     async def enqueue_at(

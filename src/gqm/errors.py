@@ -8,6 +8,7 @@
     ├── SerializationError       a payload or result that cannot be encoded or decoded
     ├── BatchTooLargeError       more than 1000 jobs in one ``enqueue_batch``
     ├── DuplicateJobError        a job id that is already taken
+    ├── DependencyError          an unknown parent, or a dependency cycle
     ├── JobNotFoundError         no job with that id (or it has expired)
     ├── JobFailedError           ``Client.result`` on a job that ended without success
     ├── ServerStateError         an operation that the server's state does not allow
@@ -54,6 +55,10 @@ class DuplicateJobError(GqmError):
         super().__init__(f"job {job_id!r} already exists (status {status})")
         self.job_id = job_id
         self.status = status
+
+
+class DependencyError(GqmError, ValueError):
+    """Raised when ``depends_on`` names an unknown job or would create a cycle."""
 
 
 class JobNotFoundError(GqmError, LookupError):

@@ -31,6 +31,7 @@ import anyio
 import msgspec
 
 from . import _scripts as scripts
+from ._dag import resolve_forever
 from ._finish import Finisher
 from ._job import uuid7
 from ._keys import check_queue_name
@@ -400,8 +401,10 @@ class Server:
             ]
             queues = [keys.queue(n) for n in dict.fromkeys(q for c in configs for q in c.queues)]
             promote_signal = Signal()
+            resolve_signal = Signal()
             for q in queues:
                 hub.on_scheduled(q, promote_signal)
+                hub.on_outbox(q, resolve_signal)
             await driver.execute("SADD", keys.queues, *(q.name for q in queues))
             async with anyio.create_task_group() as infra:
                 await infra.start(hub.run, driver)
@@ -424,6 +427,15 @@ class Server:
                 infra.start_soon(
                     lambda: promote_forever(
                         driver, queues, promote_signal, poll_interval=self.poll_interval
+                    )
+                )
+                infra.start_soon(
+                    lambda: resolve_forever(
+                        driver,
+                        keys,
+                        resolve_signal,
+                        poll_interval=self.poll_interval,
+                        canceled_ttl_ms=self.dead_ttl_ms,
                     )
                 )
                 infra.start_soon(self._heartbeat, driver)
