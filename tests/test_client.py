@@ -69,7 +69,8 @@ async def test_enqueue_in_and_at_are_scheduled(client: gqm.Client) -> None:
     assert score == pytest.approx(when.timestamp() * 1000, abs=2)
     assert await raw(client, "LLEN", q.ready) == 0
     stored = await client.get_job(later.id)
-    assert stored.scheduled_at is not None and stored.created_at is not None
+    assert stored.scheduled_at is not None
+    assert stored.created_at is not None
     assert (stored.scheduled_at - stored.created_at) == timedelta(hours=1)
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -12,6 +11,9 @@ import pytest
 import gqm
 
 from .helpers import Gate, raw, record, serving
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +53,8 @@ async def test_typed_handler_gets_decoded_payload_and_result_is_stored(
     done = await client.get_job(job.id)
     assert done.status is gqm.JobStatus.COMPLETED
     assert done.result == {"total": 12, "attempt": 1}
-    assert done.completed_at is not None and done.started_at is not None
+    assert done.completed_at is not None
+    assert done.started_at is not None
     q = client.keys.queue("default")
     assert await raw(client, "ZCARD", q.leases) == 0
     assert await raw(client, "HGET", q.meta, "processed") == b"1"
@@ -338,7 +341,8 @@ async def test_delayed_job_is_promoted_on_time(
         assert job.status is gqm.JobStatus.SCHEDULED
         assert await client.result(job.id, timeout=10) == "later"
     done = await client.get_job(job.id)
-    assert done.started_at is not None and done.scheduled_at is not None
+    assert done.started_at is not None
+    assert done.scheduled_at is not None
     assert done.started_at >= done.scheduled_at
 
 

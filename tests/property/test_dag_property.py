@@ -4,6 +4,7 @@ the way workers drive them)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -60,7 +61,7 @@ async def test_find_cycle_matches_reachability(
     if cycle is not None:
         assert cycle[0] == cycle[-1] == new
         assert cycle[1] in parents
-        for child, parent in zip(cycle[1:], cycle[2:], strict=False):
+        for child, parent in itertools.pairwise(cycle):
             assert parent in graph[child]
 
 
