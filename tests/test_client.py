@@ -124,7 +124,7 @@ async def test_unique_blocks_reuse_while_the_record_is_kept(client: gqm.Client) 
     await client.enqueue("t", 1, job_id="p-1")
     q = client.keys.queue("default")
     # Finish both jobs the way a worker would: claim, then complete with the claim token.
-    reply = await run_script(client, "claim", scripts.claim_keys(q), [10, 30000, "w", "tok"])
+    reply = await run_script(client, "claim", scripts.claim_keys(q, "tok"), [10, 30000, "w", "tok"])
     tokens = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 4)}
     args: list[object] = [-1, -1, client.keys.done_channel, q.wake]
     for job_id, token in tokens.items():
@@ -190,10 +190,12 @@ async def test_pause_and_resume(client: gqm.Client) -> None:
     assert await client.pause("pq") is False
     assert await client.is_paused("pq")
     q = client.keys.queue("pq")
-    assert await run_script(client, "claim", scripts.claim_keys(q), [10, 30000, "w", "x"]) == []
+    assert (
+        await run_script(client, "claim", scripts.claim_keys(q, "x1"), [10, 30000, "w", "x1"]) == []
+    )
     assert await client.resume("pq") is True
     assert await client.resume("pq") is False
-    reply = await run_script(client, "claim", scripts.claim_keys(q), [10, 30000, "w", "x"])
+    reply = await run_script(client, "claim", scripts.claim_keys(q, "x2"), [10, 30000, "w", "x2"])
     assert len(reply) == 4
     assert (await record(client, "pq", reply[0].decode())).status == "processing"
 

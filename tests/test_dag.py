@@ -99,7 +99,7 @@ async def test_finished_parents_resolve_at_once(client: gqm.Client) -> None:
 
     from .helpers import run_script
 
-    reply = await run_script(client, "claim", scripts.claim_keys(q), [10, 30000, "w", "tok"])
+    reply = await run_script(client, "claim", scripts.claim_keys(q, "tok"), [10, 30000, "w", "tok"])
     tokens = {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 4)}
     args: list[object] = [-1, -1, client.keys.done_channel, q.wake]
     args += [done.id, tokens[done.id], "c", b"", 0, 0]

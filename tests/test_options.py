@@ -299,7 +299,7 @@ def test_payload_is_json() -> None:
 def test_all_keys_of_a_queue_share_one_hash_tag() -> None:
     """Every key and channel of a queue starts with the prefix and hashes to ``{queue}``."""
     keys = Keys("myapp").queue("emails")
-    names = [slot for slot in QueueKeys.__slots__ if slot != "name"]
+    names = [slot for slot in QueueKeys.__slots__ if slot not in ("name", "_claim_base")]
     assert len(names) == 14
     for slot in names:
         key = getattr(keys, slot)
@@ -308,6 +308,8 @@ def test_all_keys_of_a_queue_share_one_hash_tag() -> None:
         start = key.index("{")
         assert key[start + 1 : key.index("}", start)] == "emails", key
     assert len({getattr(keys, slot) for slot in names}) == len(names)
+    memo = keys.claim_memo("w:1")
+    assert memo.startswith("myapp:{emails}:"), memo
     assert keys.name == "emails"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,11 @@ async def _claim(
     client: gqm.Client, queue: str, token: str, lease_ms: int = 30_000
 ) -> dict[str, str]:
     q = client.keys.queue(queue)
-    reply = await run_script(client, "claim", scripts.claim_keys(q), [100, lease_ms, "w", token])
+    # Each call is a new claim attempt (a repeated attempt replays the first one's claims).
+    attempt = f"{token}-{uuid.uuid4().hex[:8]}"
+    reply = await run_script(
+        client, "claim", scripts.claim_keys(q, attempt), [100, lease_ms, "w", attempt]
+    )
     return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 4)}
 
 

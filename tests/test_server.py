@@ -300,16 +300,24 @@ async def test_corrupted_record_payload_bytes(
             await client.result(job.id, timeout=10)
 
 
-async def test_unknown_job_type_is_retried_then_dead(
+async def test_unknown_job_type_is_retried_without_counting(
     client: gqm.Client, make_server: Callable[..., gqm.Server]
 ) -> None:
-    """A job nobody handles is not silently dropped: it fails (counted) and ends in the DLQ."""
-    server = make_server()
+    """A job this server has no handler for is not its fault: it is retried later
+    without using up its retries (another server may have the handler)."""
+    server = make_server(concurrency=1)
+    server.pool(
+        gqm.PoolConfig(name="one", queues=["default"], concurrency=1, dequeue_strategy="strict")
+    )
     server.handle("known", _echo)
-    job = await client.enqueue("unknown", None, max_retry=1, retry_intervals=[0])
+    unknown = await client.enqueue("unknown", None, max_retry=0, retry_intervals=[3600])
+    known = await client.enqueue("known", "after")
     async with serving(server):
-        with pytest.raises(gqm.JobFailedError, match="no handler for job type 'unknown'"):
-            await client.result(job.id, timeout=10)
+        # One worker takes the jobs in order, so once the second is done the first was tried.
+        assert await client.result(known.id, timeout=10) == "after"
+    job = await client.get_job(unknown.id)
+    assert (job.status, job.retry_count, job.attempt) == (gqm.JobStatus.RETRY, 0, 1)
+    assert "no handler for job type 'unknown'" in (job.error or "")
 
 
 async def test_paused_queue_is_not_served_until_resumed(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _scripts as scripts
-from .errors import RedisConnectionError
+from .errors import RedisConnectionError, RedisError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -114,7 +114,9 @@ class Finisher:
             try:
                 replies = await scripts.run_many(driver or self._driver, calls)
                 break
-            except RedisConnectionError as err:
+            except RedisError as err:
+                # Connection losses, and error replies such as READONLY during a
+                # failover: keep trying rather than kill the server.
                 if not retry:
                     raise
                 log.warning(

@@ -17,6 +17,7 @@ script touches a single cluster slot. Per queue:
 ``{q}:dependents``        hash    parent id -> JSON list of ``[child id, child queue]``
 ``{q}:outbox``            list    parent outcomes to apply to children (JSON entries),
                                   drained by every server's resolver
+``{q}:claim:<attempt>``   string  what one claim attempt took, kept for one lease
 ``{q}:meta``              hash    ``paused`` flag and counters (``processed``, ``failed``,
                                   and per day ``processed:<day>``)
 ========================  ======  ==========================================================
@@ -52,6 +53,7 @@ class QueueKeys:
     """The keys and channels of one queue."""
 
     __slots__ = (
+        "_claim_base",
         "canceled",
         "completed",
         "dead",
@@ -85,7 +87,12 @@ class QueueKeys:
         self.dependents = base + "dependents"
         self.outbox = base + "outbox"
         self.meta = base + "meta"
+        self._claim_base = base + "claim:"
         self.wake = base + "wake"
+
+    def claim_memo(self, attempt: str) -> str:
+        """The key remembering what one claim attempt took (replay safety)."""
+        return self._claim_base + attempt
 
 
 class Keys:

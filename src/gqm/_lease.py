@@ -31,32 +31,49 @@ async def renew_forever(
     driver: Driver, keys: Keys, inflight: dict[str, Claimed], *, lease_ms: int, interval: float
 ) -> None:
     """Extend the leases of ``inflight`` jobs every ``interval`` seconds; stop the jobs
-    whose lease was lost (they were reaped, or canceled)."""
+    whose lease was lost (they were reaped, or canceled).
+
+    A failed round is retried after a short pause rather than a whole interval, and each
+    round is bounded, so one slow reply cannot let every lease run out.
+    """
     renew = scripts.script("renew")
+    wait = interval
     while True:
-        await anyio.sleep(interval)
+        await anyio.sleep(wait)
         by_queue: dict[str, list[Claimed]] = {}
         for c in list(inflight.values()):
             by_queue.setdefault(c.queue, []).append(c)
         if not by_queue:
+            wait = interval
             continue
         calls: list[scripts.ScriptCall] = []
+        sent: list[list[Claimed]] = []
         for name, held in by_queue.items():
             args: list[Arg] = [lease_ms]
             for c in held:
                 args += [c.job_id, c.token]
             calls.append((renew, scripts.renew_keys(keys.queue(name)), args))
-        try:
-            replies = await scripts.run_many(driver, calls)
-        except RedisError as err:
-            log.warning("lease renewal failed (%s); retrying next round", err)
+            sent.append(held)
+        replies = None
+        with anyio.move_on_after(interval):
+            try:
+                replies = await scripts.run_many(driver, calls)
+            except RedisError as err:
+                log.warning("lease renewal failed (%s); retrying soon", err)
+        if replies is None:
+            wait = min(1.0, interval / 3)
             continue
-        for lost in replies:
-            for raw in lost:
-                gone = inflight.get(raw.decode())
-                if gone is not None:
-                    log.warning("lease of job %s lost; stopping it", gone.job_id)
-                    gone.stop("lease lost")
+        wait = interval
+        for held, lost in zip(sent, replies, strict=True):
+            if not lost:
+                continue
+            lost_ids = {raw.decode() for raw in lost}
+            for c in held:
+                # Only the claim whose token was refused: the job may have been claimed
+                # again by this very server since, and that newer claim is valid.
+                if c.job_id in lost_ids and inflight.get(c.job_id) is c:
+                    log.warning("lease of job %s lost; stopping it", c.job_id)
+                    c.stop("lease lost")
 
 
 async def reap_forever(

@@ -37,6 +37,8 @@ log = logging.getLogger("gqm.pool")
 
 #: Claim at most this many jobs per script call.
 MAX_CLAIM = 100
+#: The longest a claim call may take before it is given up (and retried as a replay).
+_CLAIM_TIMEOUT = 15.0
 #: How long shutdown waits to hand unfinished jobs back before leaving them to the reaper.
 HANDBACK_TIMEOUT = 5.0
 
@@ -143,6 +145,9 @@ class Pool:
         self._work = Signal()
         self._turn = 0
         self._claims = 0
+        # Tokens must be unique across pools, processes and restarts with a fixed id.
+        self._token_base = f"{worker_id}:{os.urandom(4).hex()}"
+        self._retry_attempts: dict[str, str] = {}
         self.stopping = False
         self.active = 0
         for q in self._queues:
@@ -165,32 +170,61 @@ class Pool:
         first = random.choices(range(n), weights=range(n, 0, -1))[0]
         return [qs[first], *qs[:first], *qs[first + 1 :]]
 
-    async def _claim(self, want: int) -> list[Claimed]:
-        claim = scripts.script("claim")
+    async def _claim(self, want: int) -> tuple[list[Claimed], bool]:
+        """Claim up to ``want`` jobs across the queues in strategy order.
+
+        Returns the claims and whether a queue could not be reached (then the fetcher
+        backs off). Each attempt has an id, kept for a retry after a failure, so that a
+        claim whose reply was lost is replayed rather than stranded.
+        """
         got: list[Claimed] = []
+        failed = False
         for q in self._queue_order():
-            self._claims += 1
-            token_prefix = f"{self._worker_id}:{self._claims}"
-            reply = await scripts.run(
-                self._driver,
-                claim,
-                scripts.claim_keys(q),
-                [want - len(got), self._lease_ms, self._worker_id, token_prefix],
-            )
-            for i in range(0, len(reply), 4):
-                job_id = reply[i].decode()
-                token = reply[i + 1].decode()
-                c = Claimed(q.name, job_id, reply[i + 2], reply[i + 3], token, self.config.name)
-                stale = self._inflight.get(job_id)
-                if stale is not None:
-                    # We claimed a job we are still running: our lease on it was lost
-                    # (reaped after a stall). The old run must stop; the new claim owns it.
-                    stale.stop("lease lost (the job was re-claimed)")
-                self._inflight[job_id] = c
-                got.append(c)
+            claimed = await self._claim_queue(q, want - len(got))
+            if claimed is None:
+                failed = True
+                continue
+            got += claimed
             if len(got) >= want:
                 break
-        return got
+        return got, failed
+
+    async def _claim_queue(self, q: QueueKeys, want: int) -> list[Claimed] | None:
+        attempt = self._retry_attempts.pop(q.name, None)
+        if attempt is None:
+            self._claims += 1
+            attempt = f"{self._token_base}:{self._claims}"
+        reply = None
+        # Shielded (and bounded): once sent, a claim's reply must be read and registered,
+        # even if the server is being cancelled, so that its jobs are handed back.
+        with anyio.move_on_after(_CLAIM_TIMEOUT, shield=True):
+            try:
+                reply = await scripts.run(
+                    self._driver,
+                    scripts.script("claim"),
+                    scripts.claim_keys(q, attempt),
+                    [want, self._lease_ms, self._worker_id, attempt],
+                )
+            except RedisError as err:
+                log.warning("pool %s: claim on %s failed (%s)", self.config.name, q.name, err)
+        if reply is None:
+            self._retry_attempts[q.name] = attempt
+            return None
+        claimed = []
+        for i in range(0, len(reply), 4):
+            job_id = reply[i].decode()
+            token = reply[i + 1].decode()
+            stale = self._inflight.get(job_id)
+            if stale is not None and stale.token == token:
+                continue  # a replayed attempt: already registered
+            c = Claimed(q.name, job_id, reply[i + 2], reply[i + 3], token, self.config.name)
+            if stale is not None:
+                # We claimed a job we are still running: our lease on it was lost
+                # (reaped after a stall). The old run must stop; the new claim owns it.
+                stale.stop("lease lost (the job was re-claimed)")
+            self._inflight[job_id] = c
+            claimed.append(c)
+        return claimed
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and workers until stopped or cancelled."""
@@ -215,19 +249,12 @@ class Pool:
                         await slot.wait()
                     continue
                 work = self._work.current()
-                try:
-                    claimed = await self._claim(min(self._free, MAX_CLAIM))
-                    delay = 0.05
-                except RedisError as err:
-                    log.warning(
-                        "pool %s: claim failed (%s); retrying in %.2fs",
-                        self.config.name,
-                        err,
-                        delay,
-                    )
+                claimed, failed = await self._claim(min(self._free, MAX_CLAIM))
+                if failed and not claimed:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
+                delay = 0.05
                 if not claimed:
                     with anyio.move_on_after(self._idle_wait):
                         await work.wait()
@@ -240,17 +267,23 @@ class Pool:
         async with recv:
             async for c in recv:
                 try:
-                    if self.stopping or c.stop_reason is not None:
-                        continue  # left in the registry: handed back (or already lost)
+                    if c.stop_reason is not None:
+                        forget(self._inflight, c)  # lost before it started
+                        continue
+                    if self.stopping:
+                        continue  # left in the registry: handed back when the pool exits
                     self.active += 1
                     try:
                         await self._runner.run(c, self._settings)
                     finally:
                         self.active -= 1
-                except Exception:
+                except Exception as err:
+                    # A bug of ours, not the handler's: record it so that the job does not
+                    # sit in processing with a lease renewed for ever.
                     log.exception(
                         "pool %s: unexpected error running job %s", self.config.name, c.job_id
                     )
+                    await self._runner.bury(c, f"internal error while running the job: {err!r}")
                 finally:
                     self._free += 1
                     self._slot.fire()
@@ -266,7 +299,9 @@ class Pool:
         ]
         if not mine:
             return
-        ops = [FinishOp(c.queue, c.job_id, c.token, "h") for c in mine]
+        # A job whose outcome is already on its way keeps it (writing it twice is harmless:
+        # the second write is recognised as a replay); the others are handed back.
+        ops = [c.outcome or FinishOp(c.queue, c.job_id, c.token, "h") for c in mine]
         with anyio.move_on_after(HANDBACK_TIMEOUT, shield=True):
             try:
                 try:

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._finish import DONE, Finisher, FinishOp
+from ._finish import DONE, REPLAYED, Finisher, FinishOp
 from ._job import Job, JobRecord, json_encoder, record_decoder
 from ._task import Task
 from .errors import SkipRetry
@@ -65,6 +65,7 @@ class Claimed:
 
     __slots__ = (
         "job_id",
+        "outcome",
         "pool",
         "queue",
         "raw_payload",
@@ -85,6 +86,8 @@ class Claimed:
         self.pool = pool
         self.scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
+        #: The outcome submitted for writing, if any (shutdown writes it, not a hand-back).
+        self.outcome: FinishOp | None = None
 
     def stop(self, reason: str) -> None:
         """Cancel the running handler, saying why (``lost``, ``abort``)."""
@@ -152,12 +155,14 @@ class Runner:
         rec = record_decoder.decode(claimed.raw_record)
         spec = self._handlers.get(rec.type)
         if spec is None:
+            # Not the job's fault (a rolling deploy, or a queue shared with servers that
+            # have the handler): retry later without counting it.
             err = LookupError(f"no handler for job type {rec.type!r} on this server")
-            await self._fail(claimed, rec, None, pool, err, counted=True)
+            await self._fail(claimed, rec, None, pool, err, counted=False)
             return
         try:
             payload = spec.decode(claimed.raw_payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        except Exception as err:  # msgspec errors, or a payload type's __post_init__
             await self._finish(claimed, "d", f"undecodable payload: {err}")
             self.failed += 1
             return
@@ -188,7 +193,7 @@ class Runner:
             return
         try:
             encoded = json_encoder.encode(result) if result is not None else b""
-        except (TypeError, ValueError, OverflowError) as err:
+        except Exception as err:  # unsupported types, cycles (RecursionError), ...
             await self._fail(
                 claimed, rec, spec, pool, SkipRetry(f"result is not JSON-encodable: {err}"), job=job
             )
@@ -201,12 +206,20 @@ class Runner:
             if spec.on_complete is not None:
                 await _call_quietly("on_complete", rec.id, spec.on_complete, job, None)
 
+    async def bury(self, claimed: Claimed, reason: str) -> None:
+        """Send a claimed job to the dead-letter queue with ``reason``."""
+        self.failed += 1
+        await self._finish(claimed, "d", reason[:_MAX_ERROR_CHARS])
+
     async def _finish(
         self, claimed: Claimed, outcome: str, data: bytes | str = b"", n1: int = 0, n2: int = 0
     ) -> int:
         op = FinishOp(claimed.queue, claimed.job_id, claimed.token, outcome, data, n1, n2)
+        claimed.outcome = op
         code = await self._finisher.submit(op)
         forget(self._inflight, claimed)
+        if code == REPLAYED:
+            code = DONE  # written by an earlier send of the same call
         if code != DONE and outcome != "h":
             log.warning(
                 "job %s: outcome %r refused (the claim no longer owns the job)",

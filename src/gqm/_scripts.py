@@ -134,8 +134,8 @@ def enqueue_keys(q: QueueKeys) -> list[str]:
     ]
 
 
-def claim_keys(q: QueueKeys) -> list[str]:
-    return [q.ready, q.leases, q.jobs, q.payloads, q.meta]
+def claim_keys(q: QueueKeys, attempt: str) -> list[str]:
+    return [q.ready, q.leases, q.jobs, q.payloads, q.meta, q.claim_memo(attempt)]
 
 
 def finish_keys(q: QueueKeys) -> list[str]:

@@ -130,8 +130,9 @@ async def test_resolution_matches_model(
             progressed = False
             for queue in ("qa", "qb"):
                 q = client.keys.queue(queue)
+                attempt = uuid.uuid4().hex
                 reply = await scripts.run(
-                    driver, claim, scripts.claim_keys(q), [100, 30_000, "w", "tok"]
+                    driver, claim, scripts.claim_keys(q, attempt), [100, 30_000, "w", attempt]
                 )
                 if not reply:
                     continue
