@@ -48,18 +48,20 @@ local function sweep(index, ttl, now, jobs, payloads, results, limit)
   return old
 end
 
--- Put a job into a terminal state and apply retention: ttl 0 deletes the record at once,
--- otherwise it is indexed by finish time and swept later (ttl -1 keeps it).
+-- Put a job into a terminal state and apply retention: ttl 0 deletes the record at once
+-- (returns true, so the caller reports the id for the id index), otherwise it is indexed
+-- by finish time and swept later (ttl -1 keeps it).
 local function finalize(rec, id, index, ttl, now, jobs, payloads, results)
   rec.completed_at = now
   if ttl == 0 then
     redis.call('HDEL', jobs, id)
     redis.call('HDEL', payloads, id)
     redis.call('HDEL', results, id)
-  else
-    save_job(jobs, id, rec)
-    redis.call('ZADD', index, now, id)
+    return true
   end
+  save_job(jobs, id, rec)
+  redis.call('ZADD', index, now, id)
+  return false
 end
 
 -- A job reached a terminal state: queue one outbox entry per dependent child, so that

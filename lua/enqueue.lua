@@ -49,7 +49,7 @@ for i = 2, #ARGV, 6 do
     end
     save_job(jobs, id, rec)
     redis.call('HSET', payloads, id, ARGV[i + 2])
-    if rec.status == 'ready' then push_ready(ready, id, mode == 'f', wake) end
+    if rec.status == 'ready' then push_ready(ready, id, rec.at_front, wake) end
     table.insert(out, { 0, rec.status })
   end
 end

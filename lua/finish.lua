@@ -19,6 +19,7 @@ local now = now_ms()
 local day = day_of(now)
 local codes = {}
 local processed, failed, fanned = 0, 0, 0
+local deleted = {}
 for i = 5, #ARGV, 6 do
   local id, token, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local rec = load_job(jobs, id)
@@ -32,7 +33,9 @@ for i = 5, #ARGV, 6 do
         rec.status = 'completed'
         rec.error = nil
         if ARGV[i + 4] == '1' and completed_ttl ~= 0 then redis.call('HSET', results, id, data) end
-        finalize(rec, id, completed, completed_ttl, now, jobs, payloads, results)
+        if finalize(rec, id, completed, completed_ttl, now, jobs, payloads, results) then
+          table.insert(deleted, id)
+        end
         processed = processed + 1
         notify_done(done_prefix, id, rec)
         fanned = fanned + fan_out(dependents, outbox, id, 'completed')
@@ -50,7 +53,9 @@ for i = 5, #ARGV, 6 do
       elseif outcome == 'd' then
         rec.status = 'dead_letter'
         rec.error = data
-        finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results)
+        if finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results) then
+          table.insert(deleted, id)
+        end
         failed = failed + 1
         notify_done(done_prefix, id, rec)
         fanned = fanned + fan_out(dependents, outbox, id, 'dead_letter')
@@ -77,9 +82,11 @@ if failed > 0 then
   redis.call('HINCRBY', meta, 'failed', failed)
   redis.call('HINCRBY', meta, 'failed:' .. day, failed)
 end
-local swept = sweep(completed, completed_ttl, now, jobs, payloads, results, 100)
-for _, index in ipairs({ dead, canceled }) do
-  for _, id in ipairs(sweep(index, dead_ttl, now, jobs, payloads, results, 100)) do
+-- Sweep at least as many expired records as this call can add, so retention keeps up.
+local limit = 100 + (#ARGV - 4) / 6
+local swept = deleted
+for _, pair in ipairs({ { completed, completed_ttl }, { dead, dead_ttl }, { canceled, dead_ttl } }) do
+  for _, id in ipairs(sweep(pair[1], pair[2], now, jobs, payloads, results, limit)) do
     table.insert(swept, id)
   end
 end

@@ -1,15 +1,18 @@
 -- Recover jobs whose lease expired (their worker died or hung): back to the front of the
 -- queue, or to the dead-letter queue once recovered more than max_recoveries times.
--- KEYS: leases, jobs, payloads, results, ready, dead, meta, dependents, outbox
--- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel
--- Returns {recovered, dead_lettered, ms until the next lease expires or -1}
+-- KEYS: leases, jobs, payloads, results, ready, dead, meta, dependents, outbox,
+--   completed, canceled
+-- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel, completed_ttl_ms
+-- Returns {recovered, dead_lettered, ms until the next lease expires or -1, swept ids}.
+-- It also sweeps expired terminal records, so retention holds on idle queues too.
 local leases, jobs, payloads, results, ready, dead, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local dependents, outbox = KEYS[8], KEYS[9]
+local dependents, outbox, completed, canceled = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local max_recoveries, dead_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local recovered, buried = 0, 0
+local swept = {}
 for _, id in ipairs(expired) do
   redis.call('ZREM', leases, id)
   local rec = load_job(jobs, id)
@@ -20,7 +23,9 @@ for _, id in ipairs(expired) do
     if rec.recoveries > max_recoveries then
       rec.status = 'dead_letter'
       rec.error = 'lease expired ' .. rec.recoveries .. ' times: the job keeps killing or hanging its worker'
-      finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results)
+      if finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results) then
+        table.insert(swept, id)
+      end
       redis.call('HINCRBY', meta, 'failed', 1)
       redis.call('HINCRBY', meta, 'failed:' .. day_of(now), 1)
       notify_done(ARGV[5], id, rec)
@@ -39,4 +44,10 @@ end
 local nxt = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
 local wait = -1
 if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
-return { recovered, buried, wait }
+local completed_ttl = tonumber(ARGV[6])
+for _, pair in ipairs({ { completed, completed_ttl }, { dead, dead_ttl }, { canceled, dead_ttl } }) do
+  for _, id in ipairs(sweep(pair[1], pair[2], now, jobs, payloads, results, 1000)) do
+    table.insert(swept, id)
+  end
+end
+return { recovered, buried, wait, swept }

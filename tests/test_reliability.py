@@ -55,7 +55,7 @@ async def _expire_leases(client: gqm.Client, queue: str) -> list[int]:
     q = client.keys.queue(queue)
     for job_id in await raw(client, "ZRANGE", q.leases, 0, -1):
         await raw(client, "ZADD", q.leases, 0, job_id)
-    args = [1000, 3, -1, q.wake, client.keys.done_channel]
+    args = [1000, 3, -1, q.wake, client.keys.done_channel, -1]
     return list(await run_script(client, "reap", scripts.reap_keys(q), args))
 
 
@@ -64,7 +64,7 @@ async def test_stale_worker_is_fenced(client: gqm.Client) -> None:
     complete, retry, dead-letter nor renew it; the new owner can."""
     job = await client.enqueue("t", None)
     (token_a,) = (await _claim(client, "default", "A")).values()
-    assert await _expire_leases(client, "default") == [1, 0, -1]
+    assert await _expire_leases(client, "default") == [1, 0, -1, []]
     rec = await record(client, "default", job.id)
     assert (rec.status, rec.recoveries, rec.token) == ("ready", 1, None)
     (token_b,) = (await _claim(client, "default", "B")).values()

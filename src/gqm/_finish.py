@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _scripts as scripts
-from .errors import RedisConnectionError, RedisError
+from .errors import RedisError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -124,15 +124,14 @@ class Finisher:
                 )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        swept: list[Any] = []
-        for ops, (codes, gone, _fanned) in zip(groups, replies, strict=True):
+        swept: dict[str, list[Any]] = {}
+        for name, ops, (codes, gone, _fanned) in zip(by_queue, groups, replies, strict=True):
             for op, code in zip(ops, codes, strict=True):
                 op.code = int(code)
                 op.done.set()
-            swept += gone
-        if swept:
+            swept[name] = gone
+        try:
             # Records whose retention ended: drop them from the id index too.
-            try:
-                await (driver or self._driver).execute("HDEL", self._keys.ids, *swept)
-            except RedisConnectionError:
-                log.debug("could not trim the id index; the next sweep retries")
+            await scripts.forget_ids(driver or self._driver, self._keys, swept)
+        except RedisError as err:
+            log.warning("could not trim the id index (%s); stale entries are harmless", err)

@@ -9,6 +9,7 @@ runs again within ``lease + reap interval``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -83,7 +84,9 @@ async def reap_forever(
     interval: float,
     max_recoveries: int,
     dead_ttl_ms: int,
+    completed_ttl_ms: int,
     done_channel: str,
+    keys: Keys,
 ) -> None:
     """Recover expired leases of ``queues``, at least every ``interval`` seconds."""
     reap = scripts.script("reap")
@@ -91,7 +94,7 @@ async def reap_forever(
         (
             reap,
             scripts.reap_keys(q),
-            [1000, max_recoveries, dead_ttl_ms, q.wake, done_channel],
+            [1000, max_recoveries, dead_ttl_ms, q.wake, done_channel, completed_ttl_ms],
         )
         for q in queues
     ]
@@ -102,7 +105,10 @@ async def reap_forever(
         except RedisError as err:
             log.warning("reaping failed (%s); retrying in %.1fs", err, interval)
         else:
-            for q, (recovered, buried, next_ms) in zip(queues, replies, strict=True):
+            swept = {q.name: reply[3] for q, reply in zip(queues, replies, strict=True)}
+            with contextlib.suppress(RedisError):
+                await scripts.forget_ids(driver, keys, swept)
+            for q, (recovered, buried, next_ms, _) in zip(queues, replies, strict=True):
                 if recovered or buried:
                     log.warning(
                         "queue %s: recovered %d jobs with expired leases, %d sent to the DLQ",

@@ -68,6 +68,7 @@ ALL_SCRIPTS = (
     "watch",
     "link",
     "resolve",
+    "forget",
 )
 
 
@@ -115,6 +116,15 @@ async def run(driver: Driver, s: Script, keys: Sequence[str], args: Sequence[Arg
         if not err.is_noscript:
             raise
     return await driver.execute("EVAL", s.source, len(keys), *keys, *args)
+
+
+async def forget_ids(driver: Driver, keys: Keys, swept: dict[str, list[Any]]) -> None:
+    """Drop swept records (queue -> ids) from the global id index (compare-and-delete)."""
+    calls: list[ScriptCall] = [
+        (script("forget"), [keys.ids], [queue, *ids]) for queue, ids in swept.items() if ids
+    ]
+    if calls:
+        await run_many(driver, calls)
 
 
 # -- typed key lists, one per script ------------------------------------------------------
@@ -170,6 +180,8 @@ def reap_keys(q: QueueKeys) -> list[str]:
         q.meta,
         q.dependents,
         q.outbox,
+        q.completed,
+        q.canceled,
     ]
 
 

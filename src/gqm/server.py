@@ -421,7 +421,9 @@ class Server:
                         interval=self.reap_interval,
                         max_recoveries=self.max_recoveries,
                         dead_ttl_ms=self.dead_ttl_ms,
+                        completed_ttl_ms=self.completed_ttl_ms,
                         done_channel=keys.done_channel,
+                        keys=keys,
                     )
                 )
                 infra.start_soon(
