@@ -1,12 +1,16 @@
 -- Enqueue one or more jobs into one queue.
--- KEYS: jobs, payloads, results, ready, scheduled, completed, dead, deferred, canceled
+-- KEYS: jobs, payloads, results, ready, scheduled, completed, dead, deferred, canceled,
+--   outbox
 -- ARGV: wake_channel, then per job: id, record (JSON), payload, mode, when_ms, nonce
 --   mode: 'b' back of the queue, 'f' front, 'i' in when_ms ms, 'a' at unix ms when_ms,
---         'd' deferred until its parents resolve (the record carries `pending`)
+--         'd' deferred until its parents resolve (the record carries `pending`, and
+--         `links`: [parent id, parent queue] pairs, turned into outbox entries that
+--         the resolver applies, so the edges are recorded even if the client dies)
 -- Returns per job {code, status}: 0 created, 1 replay of this very call (lost reply),
 --   -1 duplicate (the id is taken; status is the existing job's).
 local jobs, payloads, results, ready, scheduled, completed, dead, deferred, canceled =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local outbox = KEYS[10]
 local wake = ARGV[1]
 local now = now_ms()
 local out = {}
@@ -39,6 +43,10 @@ for i = 2, #ARGV, 6 do
     if mode == 'd' then
       rec.status = 'deferred'
       redis.call('ZADD', deferred, now, id)
+      for _, link in ipairs(rec.links) do
+        redis.call('LPUSH', outbox, cjson.encode({ l = 1, p = link[1], pq = link[2], c = id, q = rec.queue }))
+      end
+      rec.links = nil
     elseif due and due > now then
       rec.status = 'scheduled'
       rec.scheduled_at = due

@@ -205,3 +205,14 @@ async def test_invalid_queue_name_is_refused(client: gqm.Client) -> None:
     for bad in ["a}b", "{x", "", "a b", "x" * 129]:
         with pytest.raises(gqm.ConfigurationError):
             await client.enqueue("t", 1, queue=bad)
+
+
+async def test_custom_id_is_unique_across_queues(client: gqm.Client) -> None:
+    """A custom id live on one queue cannot be enqueued on another; the index keeps
+    pointing at the live job."""
+    await client.enqueue("t", 1, job_id="shared", queue="qa")
+    with pytest.raises(gqm.DuplicateJobError):
+        await client.enqueue("t", 2, job_id="shared", queue="qb")
+    with pytest.raises(gqm.DuplicateJobError):
+        await client.enqueue_batch([gqm.BatchItem("t", 3, job_id="shared", queue="qc")])
+    assert (await client.get_job("shared")).queue == "qa"

@@ -44,9 +44,11 @@ _OUTBOX_BATCH = 200
 
 class _Entry(msgspec.Struct):
     p: str  # parent id
-    s: str  # parent's terminal status
     c: str  # child id
     q: str  # child's queue
+    s: str = ""  # parent's terminal status (an outcome entry)
+    l: int = 0  # noqa: E741 - 1: a link request (record the edge at the parent)
+    pq: str = ""  # parent's queue (link requests)
 
 
 _entry_decoder = msgspec.json.Decoder(_Entry)
@@ -88,44 +90,52 @@ async def drain_outboxes(
     driver: Driver, keys: Keys, queues: Iterable[str], *, canceled_ttl_ms: int
 ) -> int:
     """Apply every outbox entry of ``queues`` (and of the queues a cancellation cascades
-    into). Returns the number of entries applied."""
+    into). Returns the number of entries applied.
+
+    Two kinds of entries: link requests, written when a dependent job is enqueued
+    (record the edge at the parent; a parent already finished resolves the edge at
+    once), and outcomes, written when a parent finished (resolve the edge at the child).
+    """
     todo = set(queues)
     applied = 0
-    resolve = scripts.script("resolve")
+    link, resolve = scripts.script("link"), scripts.script("resolve")
     while todo:
         names = sorted(todo)
         todo.clear()
         batches = await driver.pipeline(
             [["LRANGE", keys.queue(n).outbox, 0, _OUTBOX_BATCH - 1] for n in names]
         )
-        calls: list[scripts.ScriptCall] = []
-        sources: list[tuple[str, bytes, str]] = []
+        sources: list[tuple[str, bytes, _Entry]] = []
         for name, raws in zip(names, batches, strict=True):
             if len(raws) >= _OUTBOX_BATCH:
                 todo.add(name)
-            for raw in raws:
-                entry = _entry_decoder.decode(raw)
-                child = keys.queue(entry.q)
-                args: list[Arg] = [
-                    entry.c,
-                    entry.p,
-                    entry.s,
-                    canceled_ttl_ms,
-                    child.wake,
-                    keys.done_channel,
-                ]
-                calls.append((resolve, scripts.resolve_keys(child), args))
-                sources.append((name, raw, entry.q))
-        if not calls:
+            sources += [(name, raw, _entry_decoder.decode(raw)) for raw in raws]
+        if not sources:
             break
-        results = await scripts.run_many(driver, calls)
-        for (_name, _raw, child_queue), result in zip(sources, results, strict=True):
-            if result == 2:
-                todo.add(child_queue)  # the cancellation cascades through that outbox
+        # Link requests first: those whose parent already finished become outcomes.
+        links = [e for _, _, e in sources if e.l]
+        if links:
+            statuses = await scripts.run_many(
+                driver,
+                [(link, scripts.link_keys(keys.queue(e.pq)), [e.p, e.c, e.q]) for e in links],
+            )
+            for e, status in zip(links, statuses, strict=True):
+                e.s = "" if status == b"linked" else status.decode()
+        outcomes = [e for _, _, e in sources if e.s]
+        if outcomes:
+            calls: list[scripts.ScriptCall] = []
+            for e in outcomes:
+                child = keys.queue(e.q)
+                args: list[Arg] = [e.c, e.p, e.s, canceled_ttl_ms, child.wake, keys.done_channel]
+                calls.append((resolve, scripts.resolve_keys(child), args))
+            results = await scripts.run_many(driver, calls)
+            for e, result in zip(outcomes, results, strict=True):
+                if result == 2:
+                    todo.add(e.q)  # the cancellation cascades through that outbox
         await driver.pipeline(
             [["LREM", keys.queue(name).outbox, 1, raw] for name, raw, _ in sources]
         )
-        applied += len(calls)
+        applied += len(sources)
     return applied
 
 

@@ -73,6 +73,8 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
     depends_on: list[str] | None = None
     allow_failure: bool = False
     pending: dict[str, int] | None = None
+    #: Only while enqueueing a dependent job: [parent id, parent queue] pairs.
+    links: list[tuple[str, str]] | None = None
 
 
 record_encoder = msgspec.json.Encoder()

@@ -141,6 +141,7 @@ def enqueue_keys(q: QueueKeys) -> list[str]:
         q.dead,
         q.deferred,
         q.canceled,
+        q.outbox,
     ]
 
 

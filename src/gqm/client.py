@@ -309,6 +309,8 @@ class Client:
             at_front=at_front,
             unique=unique,
         )
+        if job_id is not None:
+            await self._check_id_elsewhere([rec])
         if depends_on:
             return await self._enqueue_dependent(
                 rec, payload, encode_payload(payload), depends_on, allow_failure
@@ -367,45 +369,16 @@ class Client:
         rec.depends_on = parents
         rec.pending = dict.fromkeys(parents, 1)
         rec.allow_failure = allow_failure
+        rec.links = [(p, records[p].queue) for p in parents]
         (job,) = await self._enqueue([(rec, payload, data, "d", 0)])
-        link = scripts.script("link")
-        statuses = await scripts.run_many(
-            driver,
-            [
-                (
-                    link,
-                    scripts.link_keys(self.keys.queue(records[p].queue)),
-                    [p, rec.id, rec.queue],
-                )
-                for p in parents
-            ],
+        # The enqueue wrote the edges as link requests into the queue's outbox (so they
+        # survive if we die now); apply them at once instead of waiting for a server.
+        await _dag.drain_outboxes(
+            driver, self.keys, [rec.queue], canceled_ttl_ms=_DAG_CANCELED_TTL_MS
         )
-        # Parents that had already finished: resolve those edges now.
-        resolve = scripts.script("resolve")
-        q = self.keys.queue(rec.queue)
-        settled = [
-            (p, status.decode())
-            for p, status in zip(parents, statuses, strict=True)
-            if status != b"linked"
-        ]
-        if settled:
-            await scripts.run_many(
-                driver,
-                [
-                    (
-                        resolve,
-                        scripts.resolve_keys(q),
-                        [rec.id, p, status, _DAG_CANCELED_TTL_MS, q.wake, self.keys.done_channel],
-                    )
-                    for p, status in settled
-                ],
-            )
-            if any(status != "completed" for _, status in settled) and not allow_failure:
-                # A canceled child may have dependents of its own by now: let the
-                # servers' resolvers know.
-                await _dag.drain_outboxes(
-                    driver, self.keys, [rec.queue], canceled_ttl_ms=_DAG_CANCELED_TTL_MS
-                )
+        stored = await driver.execute("HGET", self.keys.queue(rec.queue).jobs, rec.id)
+        if stored is not None:
+            job = Job._from_record(record_decoder.decode(stored), payload)
         return job
 
     async def enqueue_at(
@@ -432,6 +405,8 @@ class Client:
         self, task: Task[Any] | str, payload: Any, mode: str, when: int, options: dict[str, Any]
     ) -> Job[Any]:
         rec = _record_from_options(task, options)
+        if options.get("job_id") is not None:
+            await self._check_id_elsewhere([rec])
         (job,) = await self._enqueue([(rec, payload, encode_payload(payload), mode, when)])
         return job
 
@@ -453,7 +428,34 @@ class Client:
             mode = "i" if item.delay else ("f" if rec.at_front else "b")
             when = int((item.delay or 0) * 1000)
             entries.append((rec, item.payload, encode_payload(item.payload), mode, when))
+        await self._check_id_elsewhere(
+            [e[0] for e, item in zip(entries, items, strict=True) if "job_id" in item.options]
+        )
         return await self._enqueue(entries)
+
+    async def _check_id_elsewhere(self, records: Sequence[JobRecord]) -> None:
+        """Refuse a custom id that a job on *another* queue holds (the enqueue script
+        checks its own queue): live there, or retained there for a unique job."""
+        if not records:
+            return
+        driver = await self._conn.get()
+        queues = await driver.pipeline([["HGET", self.keys.ids, r.id] for r in records])
+        elsewhere = [
+            (r, q.decode())
+            for r, q in zip(records, queues, strict=True)
+            if q is not None and q.decode() != r.queue
+        ]
+        if not elsewhere:
+            return
+        raws = await driver.pipeline(
+            [["HGET", self.keys.queue(q).jobs, r.id] for r, q in elsewhere]
+        )
+        for (r, _q), raw in zip(elsewhere, raws, strict=True):
+            if raw is None:
+                continue
+            other = record_decoder.decode(raw)
+            if r.unique or other.status not in TERMINAL_STATES:
+                raise DuplicateJobError(r.id, other.status)
 
     async def _enqueue(
         self, entries: Sequence[tuple[JobRecord, Any, bytes, str, int]]

@@ -38,9 +38,10 @@ instant:
 
 So in America/New_York, ``0 30 2 * * *`` fires at 03:00 EDT on the day 02:30 is skipped,
 and ``0 30 1 * * *`` fires once, at the first 01:30 (EDT), on the day 01:30 is repeated.
-This is what Vixie cron does for jobs at fixed times; unlike Vixie cron, gqm applies the
-same rule to wildcard expressions too, so ``0 */15 * * * *`` fires once at 03:00 for the
-four quarter-hours skipped by the gap, and the repeated hour is not run twice.
+Vixie cron treats jobs at fixed times much the same way (skipped runs happen right after
+the change, repeated ones are not run again). Unlike Vixie cron, gqm applies the rule to
+wildcard expressions too: ``0 */15 * * * *`` fires once at 03:00 EDT for the four skipped
+quarter-hours and 03:00 itself, and does not run the four of the repeated hour again.
 """
 
 from __future__ import annotations

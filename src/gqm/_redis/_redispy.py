@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 _CLOSE_TIMEOUT = 5.0
+_SUBSCRIBE_TIMEOUT = 10.0
 #: Connections per driver, and how long a call waits for a free one.
 _MAX_CONNECTIONS = 64
 _POOL_WAIT = 30.0
@@ -59,10 +60,13 @@ class _ContextSSLConnection(SSLConnection):
 
 
 class _RedisPySubscription:
-    def __init__(self, pubsub: Any) -> None:
+    def __init__(self, pubsub: Any, early: list[tuple[bytes, bytes]]) -> None:
         self._pubsub = pubsub
+        self._early = early
 
     async def get_message(self) -> tuple[bytes, bytes]:
+        if self._early:
+            return self._early.pop(0)
         try:
             while True:
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
@@ -131,13 +135,28 @@ class RedisPyDriver:
 
     @asynccontextmanager
     async def subscribe(self, *channels: str) -> AsyncIterator[Subscription]:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._client.pubsub()
         try:
+            early: list[tuple[bytes, bytes]] = []
             try:
                 await pubsub.subscribe(*channels)
+                # redis-py returns before Redis confirmed: wait for the confirmations, so
+                # that whatever is published after this returns is sure to be received.
+                pending = set(channels)
+                with anyio.fail_after(_SUBSCRIBE_TIMEOUT):
+                    while pending:
+                        msg = await pubsub.get_message(timeout=None)
+                        if msg is None:
+                            continue
+                        if msg["type"] == "subscribe":
+                            pending.discard(msg["channel"].decode())
+                        elif msg["type"] == "message":
+                            early.append((msg["channel"], msg["data"]))
             except (rexc.RedisError, OSError) as err:
                 raise _translate(err) from err
-            yield _RedisPySubscription(pubsub)
+            except TimeoutError as err:
+                raise RedisConnectionError("Redis did not confirm the subscription") from err
+            yield _RedisPySubscription(pubsub, early)
         finally:
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
