@@ -6,6 +6,7 @@
 --   outcome 'c' completed: data = encoded result, n1 = 1 if there is a result
 --           'r' retry:     data = error, n1 = delay ms, n2 = 1 if the failure counts
 --           'd' dead:      data = error
+--           's' stopped (aborted while running): data = reason
 --           'h' hand back (shutdown): the claim is undone and does not count
 -- Returns {codes, swept, fanned}: per job 1 done, 2 already done by this same token (a
 --   replayed call), 0 refused (the token no longer owns the job: its lease was lost);
@@ -59,6 +60,15 @@ for i = 5, #ARGV, 6 do
         failed = failed + 1
         notify_done(done_prefix, id, rec)
         fanned = fanned + fan_out(dependents, outbox, id, 'dead_letter')
+      elseif outcome == 's' then
+        rec.status = 'stopped'
+        rec.error = data
+        rec.abort = nil
+        if finalize(rec, id, canceled, dead_ttl, now, jobs, payloads, results) then
+          table.insert(deleted, id)
+        end
+        notify_done(done_prefix, id, rec)
+        fanned = fanned + fan_out(dependents, outbox, id, 'stopped')
       else
         rec.status = 'ready'
         rec.attempt = rec.attempt - 1
@@ -68,7 +78,8 @@ for i = 5, #ARGV, 6 do
       end
     elseif (outcome == 'c' and rec.status == 'completed')
         or (outcome == 'r' and (rec.status == 'retry' or rec.status == 'scheduled'))
-        or (outcome == 'd' and rec.status == 'dead_letter') then
+        or (outcome == 'd' and rec.status == 'dead_letter')
+        or (outcome == 's' and rec.status == 'stopped') then
       code = 2
     end
   end

@@ -73,7 +73,7 @@ async def test_stale_worker_is_fenced(client: gqm.Client) -> None:
         assert await _finish(client, "default", job.id, token_a, outcome) == 0
     q = client.keys.queue("default")
     lost = await run_script(client, "renew", scripts.renew_keys(q), [30_000, job.id, token_a])
-    assert lost == [job.id.encode()]
+    assert lost == [[job.id.encode()], []]
     assert await _finish(client, "default", job.id, token_b) == 1
     # A replay of the same call (its reply was lost) is recognised, not applied twice.
     assert await _finish(client, "default", job.id, token_b) == 2

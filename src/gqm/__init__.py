@@ -5,12 +5,14 @@ The public API is exactly ``__all__``; everything else is internal.
 
 from __future__ import annotations
 
+from ._cron_runtime import CronEntry, OverlapPolicy
 from ._job import ACTIVE_STATES, TERMINAL_STATES, Job, JobStatus
 from ._pool import DequeueStrategy, PoolConfig
 from ._runner import Handler, Middleware
 from ._task import Task, task
 from ._version import __version__
 from .client import MAX_BATCH, BatchItem, Client
+from .cron import CronError, CronSchedule
 from .errors import (
     BatchTooLargeError,
     ConfigurationError,
@@ -39,6 +41,9 @@ __all__ = [
     "BatchTooLargeError",
     "Client",
     "ConfigurationError",
+    "CronEntry",
+    "CronError",
+    "CronSchedule",
     "DependencyError",
     "DequeueStrategy",
     "DuplicateJobError",
@@ -49,6 +54,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "Middleware",
+    "OverlapPolicy",
     "PayloadTooLargeError",
     "PoolConfig",
     "RedisConnectionError",

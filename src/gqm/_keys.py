@@ -24,9 +24,13 @@ script touches a single cluster slot. Per queue:
 
 Global keys: ``queues`` (set of queue names), ``ids`` (hash job id -> queue, for looking
 a job up by id alone), ``servers`` (zset of server ids by last heartbeat) and
-``server:<id>`` (the server's heartbeat record, with a TTL).
+``server:<id>`` (the server's heartbeat record, with a TTL). Cron: ``cron:entries``
+(hash id -> definition), ``cron:next`` (zset id -> next tick), ``cron:outbox`` (fires
+to enqueue), ``cron:taken`` (fires being enqueued), ``cron:fired`` (hash id -> last
+tick fired), ``cron:history:<id>`` (zset).
 
-Channels: ``{q}:wake`` (work became ready or the earliest due time changed) and
+Channels: ``abort`` (abort a running job; the message is its id), ``cron:wake``
+(cron entries changed), ``{q}:wake`` (work became ready or the earliest due time changed) and
 ``done`` (a job someone waits on reached a terminal state; the message is its id).
 """
 
@@ -125,6 +129,39 @@ class Keys:
 
     def server(self, server_id: str) -> str:
         return f"{self.prefix}:server:{server_id}"
+
+    @cached_property
+    def abort_channel(self) -> str:
+        """Where abort requests for running jobs are published (the message is the id)."""
+        return f"{self.prefix}:abort"
+
+    @cached_property
+    def cron_entries(self) -> str:
+        return f"{self.prefix}:cron:entries"
+
+    @cached_property
+    def cron_next(self) -> str:
+        return f"{self.prefix}:cron:next"
+
+    @cached_property
+    def cron_outbox(self) -> str:
+        return f"{self.prefix}:cron:outbox"
+
+    @cached_property
+    def cron_taken(self) -> str:
+        return f"{self.prefix}:cron:taken"
+
+    @cached_property
+    def cron_fired(self) -> str:
+        return f"{self.prefix}:cron:fired"
+
+    @cached_property
+    def cron_wake(self) -> str:
+        """Published when cron entries change, so schedulers look again at once."""
+        return f"{self.prefix}:cron:wake"
+
+    def cron_history(self, entry_id: str) -> str:
+        return f"{self.prefix}:cron:history:{entry_id}"
 
     @cached_property
     def done_channel(self) -> str:

@@ -65,16 +65,21 @@ async def renew_forever(
             wait = min(1.0, interval / 3)
             continue
         wait = interval
-        for held, lost in zip(sent, replies, strict=True):
-            if not lost:
+        for held, (lost, aborted) in zip(sent, replies, strict=True):
+            if not lost and not aborted:
                 continue
             lost_ids = {raw.decode() for raw in lost}
+            aborted_ids = {raw.decode() for raw in aborted}
             for c in held:
                 # Only the claim whose token was refused: the job may have been claimed
                 # again by this very server since, and that newer claim is valid.
-                if c.job_id in lost_ids and inflight.get(c.job_id) is c:
+                if inflight.get(c.job_id) is not c:
+                    continue
+                if c.job_id in lost_ids:
                     log.warning("lease of job %s lost; stopping it", c.job_id)
                     c.stop("lease lost")
+                elif c.job_id in aborted_ids:
+                    c.stop("abort requested", abort=True)
 
 
 async def reap_forever(

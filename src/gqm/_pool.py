@@ -267,6 +267,9 @@ class Pool:
         async with recv:
             async for c in recv:
                 try:
+                    if c.aborted:
+                        await self._runner.stopped(c)  # aborted before it started
+                        continue
                     if c.stop_reason is not None:
                         forget(self._inflight, c)  # lost before it started
                         continue
@@ -295,7 +298,7 @@ class Pool:
         mine = [
             c
             for c in self._inflight.values()
-            if c.pool == self.config.name and c.stop_reason is None
+            if c.pool == self.config.name and (c.stop_reason is None or c.aborted)
         ]
         if not mine:
             return

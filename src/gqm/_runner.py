@@ -64,6 +64,7 @@ class Claimed:
     """A job this server claimed: in the registry from claim until its outcome is written."""
 
     __slots__ = (
+        "aborted",
         "job_id",
         "outcome",
         "pool",
@@ -86,13 +87,17 @@ class Claimed:
         self.pool = pool
         self.scope: anyio.CancelScope | None = None
         self.stop_reason: str | None = None
+        #: Stopped by an abort request (recorded as stopped), not by a lost lease.
+        self.aborted = False
         #: The outcome submitted for writing, if any (shutdown writes it, not a hand-back).
         self.outcome: FinishOp | None = None
 
-    def stop(self, reason: str) -> None:
-        """Cancel the running handler, saying why (``lost``, ``abort``)."""
+    def stop(self, reason: str, *, abort: bool = False) -> None:
+        """Cancel the running handler, saying why: a lost lease (nothing is recorded:
+        another claim owns the job) or an abort request (recorded as stopped)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.aborted = abort
         if self.scope is not None:
             self.scope.cancel()
 
@@ -182,8 +187,12 @@ class Runner:
             await self._fail(claimed, rec, spec, pool, error, job=job)
             return
         if scope.cancelled_caught:
+            if claimed.aborted:
+                log.info("job %s aborted: %s", rec.id, claimed.stop_reason)
+                await self._finish(claimed, "s", f"aborted: {claimed.stop_reason}")
+                return
             if claimed.stop_reason is not None:
-                # The lease is gone (or the job was aborted): someone else owns it now.
+                # The lease is gone: another claim owns the job now.
                 log.warning("job %s stopped: %s", rec.id, claimed.stop_reason)
                 forget(self._inflight, claimed)
                 return
@@ -205,6 +214,10 @@ class Runner:
                 await _call_quietly("on_success", rec.id, spec.on_success, job, result)
             if spec.on_complete is not None:
                 await _call_quietly("on_complete", rec.id, spec.on_complete, job, None)
+
+    async def stopped(self, claimed: Claimed) -> None:
+        """Record an aborted job as stopped."""
+        await self._finish(claimed, "s", f"aborted: {claimed.stop_reason}")
 
     async def bury(self, claimed: Claimed, reason: str) -> None:
         """Send a claimed job to the dead-letter queue with ``reason``."""

@@ -69,6 +69,13 @@ ALL_SCRIPTS = (
     "link",
     "resolve",
     "forget",
+    "abort",
+    "cron_due",
+    "cron_claim",
+    "cron_upsert",
+    "cron_toggle",
+    "cron_done",
+    "cron_take",
 )
 
 
@@ -196,6 +203,20 @@ def pause_keys(q: QueueKeys) -> list[str]:
 
 def watch_keys(q: QueueKeys) -> list[str]:
     return [q.jobs, q.results]
+
+
+def abort_keys(q: QueueKeys) -> list[str]:
+    return [
+        q.jobs,
+        q.payloads,
+        q.results,
+        q.ready,
+        q.scheduled,
+        q.deferred,
+        q.canceled,
+        q.dependents,
+        q.outbox,
+    ]
 
 
 def link_keys(q: QueueKeys) -> list[str]:

@@ -19,7 +19,7 @@ import anyio
 from .errors import RedisError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from anyio.abc import TaskStatus
 
@@ -53,6 +53,7 @@ class WakeHub:
         self._scheduled: dict[str, list[Signal]] = {}
         self._resolved: dict[str, list[Signal]] = {}
         self._channels: dict[str, str] = {}
+        self._callbacks: dict[str, Callable[[bytes], None]] = {}
 
     def on_ready(self, queue: QueueKeys, signal: Signal) -> None:
         self._ready.setdefault(queue.name, []).append(signal)
@@ -67,6 +68,10 @@ class WakeHub:
         self._resolved.setdefault(queue.name, []).append(signal)
         self._channels[queue.wake] = queue.name
 
+    def on_message(self, channel: str, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback(data)`` for each message on ``channel`` (not a queue's)."""
+        self._callbacks[channel] = callback
+
     def _fire_all(self) -> None:
         tables = (self._ready, self._scheduled, self._resolved)
         for signals in (s for table in tables for s in table.values()):
@@ -74,7 +79,12 @@ class WakeHub:
                 s.fire()
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
-        queue = self._channels.get(channel.decode())
+        name = channel.decode()
+        callback = self._callbacks.get(name)
+        if callback is not None:
+            callback(data)
+            return
+        queue = self._channels.get(name)
         if queue is None:
             return
         if data == b"s":
@@ -88,8 +98,8 @@ class WakeHub:
 
     async def run(self, driver: Driver, *, task_status: TaskStatus[None]) -> None:
         """Listen until cancelled; re-subscribe after connection losses."""
-        channels: Iterable[str] = sorted(self._channels)
-        if not self._channels:
+        channels: Iterable[str] = sorted({*self._channels, *self._callbacks})
+        if not channels:
             task_status.started()
             await anyio.sleep_forever()
         started = False

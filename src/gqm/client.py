@@ -8,14 +8,33 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import anyio
+import msgspec
 
 from . import _dag
 from . import _scripts as scripts
-from ._job import TERMINAL_STATES, Job, JobRecord, JobStatus, any_decoder, record_decoder
+from ._cron_runtime import (
+    HISTORY_KEEP,
+    HistoryItem,
+    StoredEntry,
+    manual_job_id,
+    redis_now_ms,
+    stored_decoder,
+    tick_after,
+)
+from ._job import (
+    TERMINAL_STATES,
+    Job,
+    JobRecord,
+    JobStatus,
+    any_decoder,
+    json_encoder,
+    record_decoder,
+)
 from ._keys import Keys, QueueKeys
 from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
 from ._redis import Arg, Driver, RedisSettings, open_driver
 from ._results import DoneListener
+from .cron import CronSchedule
 from .errors import (
     BatchTooLargeError,
     ConfigurationError,
@@ -41,6 +60,7 @@ MAX_BATCH = 1000
 #: Retention of jobs canceled because a parent failed, when the client cancels them
 #: itself (servers use their ``dead_ttl``): 30 days, as dead-letter jobs.
 _DAG_CANCELED_TTL_MS = 30 * 86400 * 1000
+_history_decoder = msgspec.json.Decoder(HistoryItem)
 
 
 class BatchItem(Generic[P]):
@@ -184,6 +204,17 @@ class Client:
         self._tasks: TaskGroup | None = None
         self._done_listener: DoneListener | None = None
         self._listener_lock = anyio.Lock()
+
+    @classmethod
+    def _sharing(cls, conn: Connection) -> Client:
+        """A client over an already open connection (the server's own use)."""
+        client = cls.__new__(cls)
+        client._conn = conn
+        client._stack = None
+        client._tasks = None
+        client._done_listener = None
+        client._listener_lock = anyio.Lock()
+        return client
 
     @property
     def keys(self) -> Keys:
@@ -566,6 +597,103 @@ class Client:
                 await self._tasks.start(listener.run, await self._conn.get())
                 self._done_listener = listener
         return self._done_listener
+
+    async def abort(self, job_id: str, *, reason: str = "aborted by request") -> str:
+        """Stop a job. A waiting job (ready, scheduled, deferred, retry) is canceled at
+        once; a running one has its cancel scope cancelled by whichever server runs it,
+        and ends as ``stopped``. Its dependents are canceled as for a failure.
+
+        Returns ``"canceled"``, ``"signalled"`` (running: its server stops it), or the
+        terminal status the job already had.
+        """
+        q = await self._queue_of(job_id)
+        reply = await scripts.run(
+            await self._conn.get(),
+            scripts.script("abort"),
+            scripts.abort_keys(q),
+            [
+                job_id,
+                reason,
+                _DAG_CANCELED_TTL_MS,
+                self.keys.abort_channel,
+                self.keys.done_channel,
+                q.wake,
+            ],
+        )
+        status: str = reply.decode()
+        if status == "missing":
+            raise JobNotFoundError(f"no job with id {job_id!r}")
+        return status
+
+    # -- cron --------------------------------------------------------------------------
+
+    async def cron_entries(self) -> list[StoredEntry]:
+        """Every cron entry registered in Redis, with its enabled state."""
+        driver = await self._conn.get()
+        raws = await driver.execute("HVALS", self.keys.cron_entries)
+        return sorted((stored_decoder.decode(raw) for raw in raws), key=lambda e: e.id)
+
+    async def cron_next_run(self, entry_id: str) -> datetime | None:
+        """When the entry fires next (None while disabled)."""
+        score = await (await self._conn.get()).execute("ZSCORE", self.keys.cron_next, entry_id)
+        return None if score is None else datetime.fromtimestamp(float(score) / 1000, UTC)
+
+    async def cron_history(self, entry_id: str, *, limit: int = 100) -> list[HistoryItem]:
+        """The entry's latest fires, newest first."""
+        raws = await (await self._conn.get()).execute(
+            "ZREVRANGE", self.keys.cron_history(entry_id), 0, max(limit, 1) - 1
+        )
+        return [_history_decoder.decode(raw) for raw in raws]
+
+    async def cron_enable(self, entry_id: str) -> None:
+        """Enable a cron entry on every server (its next tick counts from now)."""
+        await self._cron_toggle(entry_id, enable=True)
+
+    async def cron_disable(self, entry_id: str) -> None:
+        """Disable a cron entry on every server."""
+        await self._cron_toggle(entry_id, enable=False)
+
+    async def _cron_toggle(self, entry_id: str, *, enable: bool) -> None:
+        driver = await self._conn.get()
+        next_tick = -1
+        if enable:
+            raw = await driver.execute("HGET", self.keys.cron_entries, entry_id)
+            if raw is None:
+                raise JobNotFoundError(f"no cron entry {entry_id!r}")
+            entry = stored_decoder.decode(raw)
+            schedule = CronSchedule.parse(entry.cron_expr, entry.timezone)
+            next_tick = tick_after(schedule, await redis_now_ms(driver))
+        found = await scripts.run(
+            driver,
+            scripts.script("cron_toggle"),
+            [self.keys.cron_entries, self.keys.cron_next],
+            [entry_id, "1" if enable else "0", next_tick],
+        )
+        if not found:
+            raise JobNotFoundError(f"no cron entry {entry_id!r}")
+        await driver.execute("PUBLISH", self.keys.cron_wake, entry_id)
+
+    async def cron_trigger(self, entry_id: str) -> Job[Any]:
+        """Enqueue the entry's job now, outside its schedule (and its overlap policy)."""
+        driver = await self._conn.get()
+        raw = await driver.execute("HGET", self.keys.cron_entries, entry_id)
+        if raw is None:
+            raise JobNotFoundError(f"no cron entry {entry_id!r}")
+        entry = stored_decoder.decode(raw)
+        job = await self.enqueue(
+            entry.job_type, entry.payload, queue=entry.queue, job_id=manual_job_id(entry_id)
+        )
+        now = await redis_now_ms(driver)
+        member = json_encoder.encode(
+            HistoryItem(job_id=job.id, tick=now, fired_at=now, outcome="triggered")
+        )
+        await driver.pipeline(
+            [
+                ["ZADD", self.keys.cron_history(entry_id), now, member],
+                ["ZREMRANGEBYRANK", self.keys.cron_history(entry_id), 0, -(HISTORY_KEEP + 1)],
+            ]
+        )
+        return job
 
     # -- queue control -----------------------------------------------------------------
 

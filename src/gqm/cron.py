@@ -20,9 +20,9 @@ are case-insensitive. The macros ``@yearly`` (``@annually``), ``@monthly``, ``@w
 
 **Day of month and day of week.** If both day fields are restricted (neither is a bare
 ``*`` or ``?``), a day matches when *either* matches: ``0 0 0 13 * FRI`` fires on every
-13th and on every Friday. This is the rule of Vixie cron and of robfig/cron, which the Go
-original uses. If only one day field is restricted, only that one counts. Note that
-``*/2`` counts as restricted (as in robfig/cron; Vixie cron would treat it as ``*``).
+13th and on every Friday. This is the rule of Vixie cron (and of robfig/cron). If only
+one day field is restricted, only that one counts. Note that ``*/2`` counts as restricted
+(as in robfig/cron; Vixie cron would treat it as ``*``).
 
 **Time zones and daylight saving time.** The fields are matched against the local
 wall-clock time in the schedule's IANA time zone, and each match is turned into one UTC

@@ -31,6 +31,8 @@ import anyio
 import msgspec
 
 from . import _scripts as scripts
+from ._cron_runtime import CronEntry, cron_forever
+from ._cron_runtime import register as register_cron
 from ._dag import resolve_forever
 from ._finish import Finisher
 from ._job import uuid7
@@ -52,7 +54,7 @@ from ._runner import (
 from ._scheduler import promote_forever
 from ._task import Task, check_job_type
 from ._wake import Signal, WakeHub
-from .client import Connection, redis_settings
+from .client import Client, Connection, redis_settings
 from .errors import ConfigurationError, RedisError, ServerStateError
 
 if TYPE_CHECKING:
@@ -105,6 +107,10 @@ class Server:
         from Redis (a safety net; wake-ups come from Redis at once).
     :param retry: the default retry policy of jobs and pools that set none.
     :param handle_signals: install SIGINT/SIGTERM handlers while serving (main thread only).
+    :param scheduler: run the cron scheduler on this server (every entry in Redis, not
+        only the ones this server registered; one fire per tick across all servers).
+    :param misfire_grace: seconds a cron tick may be late and still fire; later ticks
+        are skipped (see :class:`CronEntry`).
     """
 
     def __init__(
@@ -131,6 +137,8 @@ class Server:
         retry: RetryPolicy | None = None,
         server_id: str | None = None,
         handle_signals: bool = True,
+        scheduler: bool = True,
+        misfire_grace: float = 60.0,
     ) -> None:
         settings = redis_settings(
             redis,
@@ -172,6 +180,11 @@ class Server:
         self.retry = retry
         self.server_id = server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-6:]}"
         self.handle_signals = handle_signals
+        self.scheduler = scheduler
+        if misfire_grace < 0:
+            raise ConfigurationError("misfire_grace must be >= 0")
+        self.misfire_grace = float(misfire_grace)
+        self._cron: dict[str, CronEntry] = {}
         self._handlers: dict[str, HandlerSpec] = {}
         self._pool_configs: list[PoolConfig] = []
         self._middleware: list[Middleware] = []
@@ -276,6 +289,13 @@ class Server:
                 )
         self._pool_configs.append(config)
 
+    def schedule(self, entry: CronEntry) -> None:
+        """Register a cron entry (its definition is stored in Redis when serving starts)."""
+        self._check_not_started("schedule")
+        if entry.id in self._cron:
+            raise ConfigurationError(f"a cron entry {entry.id!r} is already scheduled")
+        self._cron[entry.id] = entry
+
     def use(self, middleware: Middleware) -> None:
         """Wrap every handler in ``middleware`` (``handler -> handler``).
 
@@ -331,8 +351,8 @@ class Server:
                     _implicit=True,
                 )
             )
-        if not configs:
-            raise ConfigurationError("nothing to serve: register a handler or a pool first")
+        if not configs and not (self.scheduler and self._cron):
+            raise ConfigurationError("nothing to serve: register a handler, a pool or a cron entry")
         return configs
 
     def _wrap_handlers(self) -> None:
@@ -405,7 +425,12 @@ class Server:
             for q in queues:
                 hub.on_scheduled(q, promote_signal)
                 hub.on_outbox(q, resolve_signal)
-            await driver.execute("SADD", keys.queues, *(q.name for q in queues))
+            if queues:
+                await driver.execute("SADD", keys.queues, *(q.name for q in queues))
+            await register_cron(driver, keys, list(self._cron.values()))
+            cron_signal = Signal()
+            hub.on_message(keys.abort_channel, self._on_abort)
+            hub.on_message(keys.cron_wake, lambda _data: cron_signal.fire())
             async with anyio.create_task_group() as infra:
                 await infra.start(hub.run, driver)
                 await infra.start(finisher.run)
@@ -441,6 +466,16 @@ class Server:
                     )
                 )
                 infra.start_soon(self._heartbeat, driver)
+                if self.scheduler:
+                    infra.start_soon(
+                        lambda: cron_forever(
+                            Client._sharing(conn),
+                            keys,
+                            cron_signal,
+                            poll_interval=self.poll_interval,
+                            misfire_grace=self.misfire_grace,
+                        )
+                    )
                 if self.handle_signals:
                     await infra.start(self._watch_signals)
                 async with anyio.create_task_group() as pools:
@@ -472,6 +507,11 @@ class Server:
                 await self._deregister()
             await conn.aclose()
             log.info("server %s stopped", self.server_id)
+
+    def _on_abort(self, data: bytes) -> None:
+        claimed = self._inflight.get(data.decode())
+        if claimed is not None:
+            claimed.stop("abort requested", abort=True)
 
     async def _deregister(self) -> None:
         keys = self._conn.keys

@@ -21,6 +21,7 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -81,8 +82,8 @@ def transitions(name: str) -> tuple[int, ...]:
     found = []
     previous = local(ts(YEARS_START), tz).utcoffset()
     for t in range(ts(YEARS_START) + day, ts(YEARS_END) + 1, day):
-        offset = local(t, tz).utcoffset()
-        if offset != previous:
+        current = local(t, tz).utcoffset()
+        if current != previous:
             low, high = t - day, t  # the change is in (low, high]
             while high - low > 1:
                 middle = (low + high) // 2
@@ -91,8 +92,27 @@ def transitions(name: str) -> tuple[int, ...]:
                 else:
                     low = middle
             found.append(high)
-        previous = offset
+        previous = current
     return tuple(found)
+
+
+def offset(u: int, tz: tzinfo) -> timedelta:
+    delta = local(u, tz).utcoffset()
+    assert delta is not None
+    return delta
+
+
+def gaps() -> list[tuple[str, int]]:
+    """(zone, transition) for every spring-forward transition in 2024-2027."""
+    return [
+        (name, t)
+        for name in ZONES
+        for t in transitions(name)
+        if offset(t, zone(name)) > offset(t - 1, zone(name))
+    ]
+
+
+GAPS = gaps()
 
 
 # -- expressions with their meaning -------------------------------------------------------
@@ -112,8 +132,10 @@ SECOND_SPEC = Spec("second", 0, 59, 59)
 MINUTE_SPEC = Spec("minute", 0, 59, 59)
 HOUR_SPEC = Spec("hour", 0, 23, 23)
 DOM_SPEC = Spec("day-of-month", 1, 31, 31)
-MONTH_SPEC = Spec("month", 1, 12, 12, tuple("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()), 1)
-DOW_SPEC = Spec("day-of-week", 0, 7, 6, tuple("SUN MON TUE WED THU FRI SAT".split()), 0)
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+MONTH_SPEC = Spec("month", 1, 12, 12, MONTHS, 1)
+DOW_SPEC = Spec("day-of-week", 0, 7, 6, DAYS, 0)  # 7 is written as a number only
 
 
 @dataclass(frozen=True)
@@ -158,9 +180,7 @@ class Expr:
         if not self.dow_star:
             return True
         # 2000 is a leap year, so this also finds Feb 29.
-        return any(
-            _valid_date(2000, month, day) for month in self.months for day in self.doms
-        )
+        return any(_valid_date(2000, month, day) for month in self.months for day in self.doms)
 
 
 def _valid_date(year: int, month: int, day: int) -> bool:
@@ -222,25 +242,32 @@ def field(
 def expressions(
     draw: st.DrawFn,
     *,
+    seconds: st.SearchStrategy[int] | None = None,
+    minutes: st.SearchStrategy[int] | None = None,
     hours: st.SearchStrategy[int] | None = None,
     day_star_percent: int = 80,
 ) -> Expr:
-    """A random expression; ``hours`` narrows the hour field's values."""
+    """A random expression; ``seconds``, ``minutes`` and ``hours`` narrow the values the
+    fields are built from."""
     five = draw(st.integers(0, 9)) == 0
-    seconds = Field("0", frozenset({0})) if five else draw(field(SECOND_SPEC, star_percent=30))
-    minutes = draw(field(MINUTE_SPEC, star_percent=30))
+    second = (
+        Field("0", frozenset({0}))
+        if five
+        else draw(field(SECOND_SPEC, star_percent=30, values=seconds))
+    )
+    minute = draw(field(MINUTE_SPEC, star_percent=30, values=minutes))
     hour = draw(field(HOUR_SPEC, star_percent=25, values=hours))
     dom = draw(field(DOM_SPEC, star_percent=day_star_percent))
     month = draw(field(MONTH_SPEC, star_percent=day_star_percent))
     dow = draw(field(DOW_SPEC, star_percent=day_star_percent))
-    texts = [f.text for f in (minutes, hour, dom, month, dow)]
+    texts = [f.text for f in (minute, hour, dom, month, dow)]
     if not five:
-        texts.insert(0, seconds.text)
+        texts.insert(0, second.text)
     separator = draw(st.sampled_from([" ", "  ", "\t"]))
     return Expr(
         separator.join(texts),
-        seconds.values,
-        minutes.values,
+        second.values,
+        minute.values,
         hour.values,
         dom.values,
         month.values,
@@ -326,6 +353,35 @@ def near_hours(tz: tzinfo, after: int) -> list[int]:
 # -- properties ---------------------------------------------------------------------------
 
 
+def daily(second: int, minute: int, hour: int) -> Expr:
+    """A reference ``Expr`` firing every day at one wall-clock time."""
+    return Expr(
+        text=f"{second} {minute} {hour} * * *",
+        seconds=frozenset({second}),
+        minutes=frozenset({minute}),
+        hours=frozenset({hour}),
+        doms=frozenset(range(1, 32)),
+        months=frozenset(range(1, 13)),
+        dows=frozenset(range(7)),
+        dom_star=True,
+        dow_star=True,
+    )
+
+
+@pytest.mark.skipif("America/New_York" not in AVAILABLE, reason="no tz database")
+def test_reference_applies_the_dst_rule() -> None:
+    """The brute force itself gets the New York cases of tests/test_cron.py right."""
+    tz = zone("America/New_York")
+    # 02:30 is skipped on 2026-03-08: it fires at 03:00 EDT (07:00 UTC).
+    spring = ts(datetime(2026, 3, 8, 7, tzinfo=UTC))
+    assert brute_force(daily(0, 30, 2), tz, spring - 3600) == spring
+    assert brute_force(daily(0, 30, 2), tz, spring) is None
+    # 01:30 is repeated on 2026-11-01: only the first one (EDT, 05:30 UTC) fires.
+    fall = ts(datetime(2026, 11, 1, 5, 30, tzinfo=UTC))
+    assert brute_force(daily(0, 30, 1), tz, fall - 3600) == fall
+    assert brute_force(daily(0, 30, 1), tz, fall) is None
+
+
 @SETTINGS
 @given(data=st.data())
 def test_next_after_agrees_with_brute_force(data: st.DataObject) -> None:
@@ -351,7 +407,7 @@ def test_next_after_agrees_with_brute_force(data: st.DataObject) -> None:
         assert ts(actual) > after + WINDOW
     else:
         event("fires within the window")
-        if local(expected, tz).utcoffset() != local(expected - 1, tz).utcoffset():
+        if offset(expected, tz) != offset(expected - 1, tz):
             event("fires at a transition")
         assert ts(actual) == expected, (
             f"{expr.text!r} in {name} after {after_dt.isoformat()}: "
@@ -368,12 +424,8 @@ def test_parse_agrees_with_reference(data: st.DataObject, wall: datetime) -> Non
     """The parser means what the generator meant: same matches, and Feb 30 is refused."""
     expr = data.draw(expressions(day_star_percent=40), label="expr")
     if not expr.can_fire():
-        try:
+        with pytest.raises(CronError, match="never fires"):
             CronSchedule.parse(expr.text)
-        except CronError as exc:
-            assert "never fires" in str(exc)
-        else:
-            raise AssertionError(f"{expr.text!r} never fires but parsed")
         return
     schedule = CronSchedule.parse(expr.text)
     assert schedule.expr == expr.text
@@ -383,9 +435,9 @@ def test_parse_agrees_with_reference(data: st.DataObject, wall: datetime) -> Non
 @SETTINGS
 @given(data=st.data())
 def test_next_after_is_a_fire_time_and_stable(data: st.DataObject) -> None:
-    """For any expression (sparse ones too): the result is later than ``after``, is a fire
-    time, nothing fires between ``after`` and it, and stepping back one second finds it
-    again."""
+    """For any expression (sparse ones too): the result is later than ``after`` and is a
+    fire time; any instant between the two, and the second before the fire time, give the
+    same result; the fire after it is later and is a fire time too."""
     name = data.draw(st.sampled_from(ZONES), label="zone")
     tz = zone(name)
     expr = data.draw(expressions(day_star_percent=50), label="expr")
@@ -423,3 +475,46 @@ def test_next_after_is_monotonic(data: st.DataObject) -> None:
     ny = schedule.next_after(EPOCH + timedelta(seconds=y))
     assert nx <= ny
     assert nx > EPOCH + timedelta(seconds=x)
+
+
+@pytest.mark.skipif(not GAPS, reason="no tz database: no zone with a DST gap")
+@SETTINGS
+@given(data=st.data())
+def test_skipped_times_fire_once_at_the_transition(data: st.DataObject) -> None:
+    """Expressions that match inside a spring-forward gap fire at the transition, once."""
+    name, transition = data.draw(st.sampled_from(GAPS), label="gap")
+    tz = zone(name)
+    gap_start = local(transition - 1, tz).replace(tzinfo=None) + SECOND
+    gap_end = local(transition, tz).replace(tzinfo=None)
+    gap = (gap_end - gap_start) // SECOND
+    skipped = gap_start + data.draw(st.integers(0, gap - 1), label="skipped") * SECOND
+    # Build the fields around a skipped wall time, so most expressions match in the gap.
+    expr = data.draw(
+        expressions(
+            seconds=st.sampled_from([skipped.second, 0, 30, 59]),
+            minutes=st.sampled_from(sorted({skipped.minute, (skipped.minute + 15) % 60, 0})),
+            hours=st.sampled_from(sorted({skipped.hour, gap_end.hour})),
+        ),
+        label="expr",
+    )
+    if not expr.can_fire():
+        return
+    schedule = CronSchedule.parse(expr.text, name)
+    after = transition - data.draw(st.integers(1, 3600), label="before")
+
+    expected = brute_force(expr, tz, after, window=3 * 3600)
+    actual = schedule.next_after(EPOCH + timedelta(seconds=after))
+    if expected is None:
+        assert ts(actual) > after + 3 * 3600
+        return
+    assert ts(actual) == expected
+    if expected == transition:
+        event("fires at the transition")
+    # The fire after that one is also what the brute force finds: never the transition again.
+    expected_next = brute_force(expr, tz, expected, window=3 * 3600)
+    actual_next = schedule.next_after(actual)
+    assert actual_next > actual
+    if expected_next is None:
+        assert ts(actual_next) > expected + 3 * 3600
+    else:
+        assert ts(actual_next) == expected_next
