@@ -91,7 +91,12 @@ async def _drain(url: str, n: int, workers: int, payload: Any) -> dict[str, floa
             await done.wait()
             elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
             server.shutdown()
-    return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+    return {
+        "jobs": n,
+        "seconds": elapsed,
+        "jobs_per_s": n / elapsed,
+        "cpu_us_per_job": cpu / n * 1e6,
+    }
 
 
 async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
@@ -103,7 +108,12 @@ async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
             for _ in range(n):
                 await client.enqueue("noop", None)
             elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
-        return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+        return {
+            "jobs": n,
+            "seconds": elapsed,
+            "jobs_per_s": n / elapsed,
+            "cpu_us_per_job": cpu / n * 1e6,
+        }
     if name in ("batch100", "batch1000"):
         size = 100 if name == "batch100" else 1000
         async with gqm.Client(url) as client:
@@ -111,7 +121,12 @@ async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
             cpu0, t0 = _cpu(), time.perf_counter()
             await _enqueue_batches(client, n, None, size)
             elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
-        return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+        return {
+            "jobs": n,
+            "seconds": elapsed,
+            "jobs_per_s": n / elapsed,
+            "cpu_us_per_job": cpu / n * 1e6,
+        }
     if name == "drain":
         return await _drain(url, n, 10, None)
     if name == "burst30":
@@ -147,7 +162,12 @@ async def _e2e(url: str, n: int) -> dict[str, Any]:
         await done.wait()
         elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
         server.shutdown()
-    return {"jobs": n, "seconds": elapsed, "jobs_per_s": n / elapsed, "cpu_us_per_job": cpu / n * 1e6}
+    return {
+        "jobs": n,
+        "seconds": elapsed,
+        "jobs_per_s": n / elapsed,
+        "cpu_us_per_job": cpu / n * 1e6,
+    }
 
 
 async def _latency(url: str, n: int = 1000, spacing: float = 0.002) -> dict[str, Any]:
@@ -184,8 +204,14 @@ def _child(args: argparse.Namespace) -> None:
     if args.backend == "uvloop":
         import uvloop  # noqa: F401 - fail early if missing
 
-        result = anyio.run(_scenario, args.one, args.url, args.n, backend="asyncio",
-                           backend_options={"use_uvloop": True})
+        result = anyio.run(
+            _scenario,
+            args.one,
+            args.url,
+            args.n,
+            backend="asyncio",
+            backend_options={"use_uvloop": True},
+        )
     else:
         result = anyio.run(_scenario, args.one, args.url, args.n, backend=args.backend)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -193,11 +219,15 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=20_000, help="jobs per scenario (default 20000)")
     parser.add_argument("--backends", default="asyncio,uvloop,trio")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--runs", type=int, default=3, help="runs per scenario; the median is reported")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs per scenario; the median is reported"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -212,9 +242,21 @@ def main() -> None:
                 runs = []
                 for _ in range(args.runs):
                     out = subprocess.run(
-                        [sys.executable, __file__, "--one", scenario, "--backend", backend,
-                         "--url", url, "--n", str(args.n)],
-                        capture_output=True, text=True, check=False,
+                        [
+                            sys.executable,
+                            __file__,
+                            "--one",
+                            scenario,
+                            "--backend",
+                            backend,
+                            "--url",
+                            url,
+                            "--n",
+                            str(args.n),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        check=False,
                     )
                     if out.returncode != 0:
                         print(out.stderr[-3000:], file=sys.stderr)
@@ -229,18 +271,26 @@ def main() -> None:
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     path = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    meta = {"n": args.n, "runs": args.runs, "python": sys.version, "gqm": gqm.__version__,
-            "cpus": os.cpu_count()}
+    meta = {
+        "n": args.n,
+        "runs": args.runs,
+        "python": sys.version,
+        "gqm": gqm.__version__,
+        "cpus": os.cpu_count(),
+    }
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"\nwrote {path}")
 
 
 def _print_row(row: dict[str, Any]) -> None:
     if row["scenario"] == "latency":
-        figures = f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  max {row['max_ms']:.2f} ms"
+        figures = (
+            f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  max {row['max_ms']:.2f} ms"
+        )
     else:
         figures = f"{row['jobs_per_s']:>9,.0f} jobs/s  {row['cpu_us_per_job']:>7.1f} µs CPU/job"
-    print(f"{row['backend']:<8} {row['scenario']:<12} {figures}  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    rss = f"peak RSS {row['peak_rss_mb']:.0f} MB"
+    print(f"{row['backend']:<8} {row['scenario']:<12} {figures}  {rss}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from . import _scripts as scripts
 from .errors import RedisError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from anyio.abc import TaskStatus
 
@@ -37,7 +37,7 @@ _MAX_BATCH = 500
 class FinishOp:
     """One job's outcome on its way to Redis."""
 
-    __slots__ = ("code", "data", "done", "job_id", "n1", "n2", "outcome", "queue", "token")
+    __slots__ = ("after", "code", "data", "done", "job_id", "n1", "n2", "outcome", "queue", "token")
 
     def __init__(
         self,
@@ -58,6 +58,8 @@ class FinishOp:
         self.n2 = n2
         self.done = anyio.Event()
         self.code = REFUSED
+        #: Called once the outcome is written (with the op, its code set).
+        self.after: Callable[[FinishOp], None] | None = None
 
 
 class Finisher:
@@ -76,6 +78,10 @@ class Finisher:
         self._send.send_nowait(op)
         await op.done.wait()
         return op.code
+
+    def submit_nowait(self, op: FinishOp) -> None:
+        """Queue ``op`` without waiting (``op.after`` runs once it is written)."""
+        self._send.send_nowait(op)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -129,6 +135,8 @@ class Finisher:
             for op, code in zip(ops, codes, strict=True):
                 op.code = int(code)
                 op.done.set()
+                if op.after is not None:
+                    op.after(op)
             swept[name] = gone
         try:
             # Records whose retention ended: drop them from the id index too.

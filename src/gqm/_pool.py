@@ -69,6 +69,9 @@ class PoolConfig:
     :param job_timeout: seconds; used when the job sets none (then the global default).
     :param dequeue_strategy: ``strict``, ``round_robin`` or ``weighted``.
     :param retry_policy: retries for jobs run here that set none themselves.
+    :param prefetch: jobs claimed ahead of free workers, so that claims come in batches
+        (default: as many as ``concurrency``). Prefetched jobs are leased like running
+        ones and handed back at shutdown.
     """
 
     name: str
@@ -78,6 +81,7 @@ class PoolConfig:
     job_timeout: float | None = None
     dequeue_strategy: DequeueStrategy | str = DequeueStrategy.WEIGHTED
     retry_policy: RetryPolicy | None = None
+    prefetch: int | None = None
     _implicit: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +101,8 @@ class PoolConfig:
             raise ConfigurationError(f"pool {self.name!r}: concurrency must be >= 0")
         if self.concurrency == 0:
             object.__setattr__(self, "concurrency", os.cpu_count() or 1)
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ConfigurationError(f"pool {self.name!r}: prefetch must be >= 0")
         if self.job_timeout is not None and self.job_timeout <= 0:
             raise ConfigurationError(f"pool {self.name!r}: job_timeout must be > 0")
         try:
@@ -140,7 +146,8 @@ class Pool:
         self._fresh_driver = fresh_driver
         self._queues: list[QueueKeys] = [keys.queue(q) for q in config.queues]
         self._settings = PoolSettings(config.name, config.job_timeout, config.retry_policy)
-        self._free = config.concurrency
+        prefetch = config.concurrency if config.prefetch is None else config.prefetch
+        self._free = config.concurrency + prefetch
         self._slot = Signal()
         self._work = Signal()
         self._turn = 0
@@ -228,7 +235,7 @@ class Pool:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and workers until stopped or cancelled."""
-        send, recv = anyio.create_memory_object_stream[Claimed](self.config.concurrency)
+        send, recv = anyio.create_memory_object_stream[Claimed](self._free)
         try:
             async with anyio.create_task_group() as tg:
                 for _ in range(self.config.concurrency):

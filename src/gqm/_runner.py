@@ -207,7 +207,8 @@ class Runner:
                 claimed, rec, spec, pool, SkipRetry(f"result is not JSON-encodable: {err}"), job=job
             )
             return
-        code = await self._finish(claimed, "c", encoded, 1 if result is not None else 0)
+        wait = spec.on_success is not None or spec.on_complete is not None
+        code = await self._finish(claimed, "c", encoded, 1 if result is not None else 0, wait=wait)
         self.processed += 1
         if code == DONE:
             if spec.on_success is not None:
@@ -225,21 +226,35 @@ class Runner:
         await self._finish(claimed, "d", reason[:_MAX_ERROR_CHARS])
 
     async def _finish(
-        self, claimed: Claimed, outcome: str, data: bytes | str = b"", n1: int = 0, n2: int = 0
+        self,
+        claimed: Claimed,
+        outcome: str,
+        data: bytes | str = b"",
+        n1: int = 0,
+        n2: int = 0,
+        *,
+        wait: bool = True,
     ) -> int:
+        """Record an outcome. With ``wait=False`` the worker moves on at once (the claim
+        leaves the registry once written); callbacks need ``wait``, since they run after
+        the outcome is in Redis. Returns the finish code (DONE when not waited for)."""
         op = FinishOp(claimed.queue, claimed.job_id, claimed.token, outcome, data, n1, n2)
+        op.after = lambda op: self._written(claimed, op)
         claimed.outcome = op
+        if not wait:
+            self._finisher.submit_nowait(op)
+            return DONE
         code = await self._finisher.submit(op)
+        return DONE if code == REPLAYED else code
+
+    def _written(self, claimed: Claimed, op: FinishOp) -> None:
         forget(self._inflight, claimed)
-        if code == REPLAYED:
-            code = DONE  # written by an earlier send of the same call
-        if code != DONE and outcome != "h":
+        if op.code not in (DONE, REPLAYED) and op.outcome != "h":
             log.warning(
                 "job %s: outcome %r refused (the claim no longer owns the job)",
                 claimed.job_id,
-                outcome,
+                op.outcome,
             )
-        return code
 
     async def _fail(
         self,
@@ -279,7 +294,10 @@ class Runner:
                 delay = policy.delay(n)
             else:
                 delay = DEFAULT_RETRY_DELAY
-        code = await self._finish(claimed, outcome, message, int(delay * 1000), 1 if counted else 0)
+        wait = spec is not None and (spec.on_failure is not None or spec.on_complete is not None)
+        code = await self._finish(
+            claimed, outcome, message, int(delay * 1000), 1 if counted else 0, wait=wait
+        )
         if code == DONE and spec is not None and job is not None:
             if spec.on_failure is not None:
                 await _call_quietly("on_failure", rec.id, spec.on_failure, job, err)

@@ -32,7 +32,7 @@ from ._job import (
 )
 from ._keys import Keys, QueueKeys
 from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
-from ._redis import Arg, Driver, RedisSettings, open_driver
+from ._redis import Arg, Command, Driver, RedisSettings, open_driver
 from ._results import DoneListener
 from .cron import CronSchedule
 from .errors import (
@@ -200,6 +200,7 @@ class Client:
             socket_timeout=socket_timeout,
         )
         self._conn = Connection(redis, prefix, settings)
+        self._known_queues: set[str] = set()
         self._stack: AsyncExitStack | None = None
         self._tasks: TaskGroup | None = None
         self._done_listener: DoneListener | None = None
@@ -210,6 +211,7 @@ class Client:
         """A client over an already open connection (the server's own use)."""
         client = cls.__new__(cls)
         client._conn = conn
+        client._known_queues = set()
         client._stack = None
         client._tasks = None
         client._done_listener = None
@@ -514,9 +516,13 @@ class Client:
         index: list[Arg] = ["HSET", keys.ids]
         for rec, *_rest in entries:
             index += [rec.id, rec.queue]
-        replies = await scripts.run_many(
-            driver, calls, extra=[index, ["SADD", keys.queues, *by_queue]]
-        )
+        extra: list[Command] = [index]
+        new_queues = [name for name in by_queue if name not in self._known_queues]
+        if new_queues:
+            extra.append(["SADD", keys.queues, *new_queues])
+        replies = await scripts.run_many(driver, calls, extra=extra)
+        # Registered once per client and queue: the set only ever grows.
+        self._known_queues.update(new_queues)
         jobs: list[Job[Any] | None] = [None] * len(entries)
         duplicate: DuplicateJobError | None = None
         for idxs, reply in zip(order, replies, strict=True):
