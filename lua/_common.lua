@@ -34,15 +34,16 @@ local function notify_done(channel, id, rec)
 end
 
 -- Drop terminal records older than ttl ms from an index zset (scored by finish time) and
--- from the record hashes. ttl < 0 keeps them forever. Returns the ids removed, so the
--- caller can clean the global id index (which lives in another slot).
-local function sweep(index, ttl, now, jobs, payloads, results, limit)
+-- from the record hashes (with their list of dependents). ttl < 0 keeps them forever.
+-- Returns the ids removed, so the caller can clean the global id index (another slot).
+local function sweep(index, ttl, now, jobs, payloads, results, dependents, limit)
   if ttl < 0 then return {} end
   local old = redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl, 'LIMIT', 0, limit)
   if #old > 0 then
     redis.call('HDEL', jobs, unpack(old))
     redis.call('HDEL', payloads, unpack(old))
     redis.call('HDEL', results, unpack(old))
+    redis.call('HDEL', dependents, unpack(old))
     redis.call('ZREM', index, unpack(old))
   end
   return old
@@ -51,12 +52,14 @@ end
 -- Put a job into a terminal state and apply retention: ttl 0 deletes the record at once
 -- (returns true, so the caller reports the id for the id index), otherwise it is indexed
 -- by finish time and swept later (ttl -1 keeps it).
-local function finalize(rec, id, index, ttl, now, jobs, payloads, results)
+-- Announce to dependents (fan_out) before finalizing: a ttl of 0 deletes the list too.
+local function finalize(rec, id, index, ttl, now, jobs, payloads, results, dependents)
   rec.completed_at = now
   if ttl == 0 then
     redis.call('HDEL', jobs, id)
     redis.call('HDEL', payloads, id)
     redis.call('HDEL', results, id)
+    redis.call('HDEL', dependents, id)
     return true
   end
   save_job(jobs, id, rec)
@@ -65,12 +68,12 @@ local function finalize(rec, id, index, ttl, now, jobs, payloads, results)
 end
 
 -- A job reached a terminal state: queue one outbox entry per dependent child, so that
--- the resolver (which may touch other queues' slots) releases or cancels them. The
--- dependents list is deleted here, so each edge is announced once.
+-- the resolver (which may touch other queues' slots) releases or cancels them. The list
+-- is kept (for graph reads) until the record is swept; announcing twice (a DLQ job
+-- retried by an admin) is harmless, since resolving an edge twice changes nothing.
 local function fan_out(dependents, outbox, id, status)
   local raw = redis.call('HGET', dependents, id)
   if not raw then return 0 end
-  redis.call('HDEL', dependents, id)
   local children = cjson.decode(raw)
   for _, child in ipairs(children) do
     redis.call('LPUSH', outbox, cjson.encode({ p = id, s = status, c = child[1], q = child[2] }))

@@ -22,7 +22,7 @@ redis.call('ZREM', deferred, id)
 rec.status = 'canceled'
 rec.pending = nil
 rec.error = 'canceled: ' .. reason
-finalize(rec, id, canceled, tonumber(ARGV[3]), now_ms(), jobs, payloads, results)
-notify_done(ARGV[5], id, rec)
 if fan_out(dependents, outbox, id, 'canceled') > 0 then redis.call('PUBLISH', ARGV[6], 'd') end
+finalize(rec, id, canceled, tonumber(ARGV[3]), now_ms(), jobs, payloads, results, dependents)
+notify_done(ARGV[5], id, rec)
 return 'canceled'

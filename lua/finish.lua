@@ -34,12 +34,12 @@ for i = 5, #ARGV, 6 do
         rec.status = 'completed'
         rec.error = nil
         if ARGV[i + 4] == '1' and completed_ttl ~= 0 then redis.call('HSET', results, id, data) end
-        if finalize(rec, id, completed, completed_ttl, now, jobs, payloads, results) then
+        fanned = fanned + fan_out(dependents, outbox, id, 'completed')
+        if finalize(rec, id, completed, completed_ttl, now, jobs, payloads, results, dependents) then
           table.insert(deleted, id)
         end
         processed = processed + 1
         notify_done(done_prefix, id, rec)
-        fanned = fanned + fan_out(dependents, outbox, id, 'completed')
       elseif outcome == 'r' then
         local due = now + tonumber(ARGV[i + 4])
         rec.status = 'retry'
@@ -54,21 +54,21 @@ for i = 5, #ARGV, 6 do
       elseif outcome == 'd' then
         rec.status = 'dead_letter'
         rec.error = data
-        if finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results) then
+        fanned = fanned + fan_out(dependents, outbox, id, 'dead_letter')
+        if finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results, dependents) then
           table.insert(deleted, id)
         end
         failed = failed + 1
         notify_done(done_prefix, id, rec)
-        fanned = fanned + fan_out(dependents, outbox, id, 'dead_letter')
       elseif outcome == 's' then
         rec.status = 'stopped'
         rec.error = data
         rec.abort = nil
-        if finalize(rec, id, canceled, dead_ttl, now, jobs, payloads, results) then
+        fanned = fanned + fan_out(dependents, outbox, id, 'stopped')
+        if finalize(rec, id, canceled, dead_ttl, now, jobs, payloads, results, dependents) then
           table.insert(deleted, id)
         end
         notify_done(done_prefix, id, rec)
-        fanned = fanned + fan_out(dependents, outbox, id, 'stopped')
       else
         rec.status = 'ready'
         rec.attempt = rec.attempt - 1
@@ -97,7 +97,7 @@ end
 local limit = 100 + (#ARGV - 4) / 6
 local swept = deleted
 for _, pair in ipairs({ { completed, completed_ttl }, { dead, dead_ttl }, { canceled, dead_ttl } }) do
-  for _, id in ipairs(sweep(pair[1], pair[2], now, jobs, payloads, results, limit)) do
+  for _, id in ipairs(sweep(pair[1], pair[2], now, jobs, payloads, results, dependents, limit)) do
     table.insert(swept, id)
   end
 end

@@ -23,15 +23,15 @@ for _, id in ipairs(expired) do
     if rec.recoveries > max_recoveries then
       rec.status = 'dead_letter'
       rec.error = 'lease expired ' .. rec.recoveries .. ' times: the job keeps killing or hanging its worker'
-      if finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results) then
+      if fan_out(dependents, outbox, id, 'dead_letter') > 0 then
+        redis.call('PUBLISH', ARGV[4], 'd')
+      end
+      if finalize(rec, id, dead, dead_ttl, now, jobs, payloads, results, dependents) then
         table.insert(swept, id)
       end
       redis.call('HINCRBY', meta, 'failed', 1)
       redis.call('HINCRBY', meta, 'failed:' .. day_of(now), 1)
       notify_done(ARGV[5], id, rec)
-      if fan_out(dependents, outbox, id, 'dead_letter') > 0 then
-        redis.call('PUBLISH', ARGV[4], 'd')
-      end
       buried = buried + 1
     else
       rec.status = 'ready'
@@ -46,7 +46,7 @@ local wait = -1
 if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
 local completed_ttl = tonumber(ARGV[6])
 for _, pair in ipairs({ { completed, completed_ttl }, { dead, dead_ttl }, { canceled, dead_ttl } }) do
-  for _, id in ipairs(sweep(pair[1], pair[2], now, jobs, payloads, results, 1000)) do
+  for _, id in ipairs(sweep(pair[1], pair[2], now, jobs, payloads, results, dependents, 1000)) do
     table.insert(swept, id)
   end
 end

@@ -19,11 +19,11 @@ if parent_status ~= 'completed' and not rec.allow_failure then
   rec.pending = nil
   rec.status = 'canceled'
   rec.error = 'dependency ' .. parent .. ' ended as ' .. parent_status
-  finalize(rec, child, canceled, tonumber(ARGV[4]), now, jobs, payloads, results)
-  notify_done(ARGV[6], child, rec)
   if fan_out(dependents, outbox, child, 'canceled') > 0 then
     redis.call('PUBLISH', ARGV[5], 'd')
   end
+  finalize(rec, child, canceled, tonumber(ARGV[4]), now, jobs, payloads, results, dependents)
+  notify_done(ARGV[6], child, rec)
   return 2
 end
 if next(rec.pending) == nil then

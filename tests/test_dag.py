@@ -62,7 +62,6 @@ async def test_original_example_graph(
         q = client.keys.queue(queue)
         assert await raw(client, "LLEN", q.outbox) == 0
         assert await raw(client, "ZCARD", q.deferred) == 0
-        assert await raw(client, "HLEN", q.dependents) == 0
 
 
 async def test_child_waits_for_every_parent_across_queues(
@@ -146,3 +145,29 @@ async def test_cycle_check_names_the_cycle() -> None:
 
     with pytest.raises(gqm.DependencyError, match="deeper than 100"):
         await find_cycle("new", ["n0"], deep)
+
+
+async def test_dag_reads(client: gqm.Client) -> None:
+    """Roots, deferred jobs with their pending parents, and the bounded graph around a job."""
+    a = await client.enqueue("t", "A")
+    b = await client.enqueue("t", "B", depends_on=[a.id], queue="other")
+    c = await client.enqueue("t", "C", depends_on=[a.id, b.id])
+    roots = await client.dag_roots()
+    assert [r.id for r in roots] == [a.id]
+    deferred = await client.dag_deferred()
+    assert {j.id: j.pending for j in deferred} == {
+        c.id: tuple(sorted([a.id, b.id])),
+        b.id: (a.id,),
+    }
+    assert [j.id for j in await client.dag_deferred("other")] == [b.id]
+    assert len(await client.dag_deferred(limit=1)) == 1
+    assert len(await client.dag_deferred(offset=1)) == 1
+    graph = await client.dag_graph(b.id, depth=1)
+    assert {n.id for n in graph.nodes} == {a.id, b.id, c.id}
+    assert set(graph.edges) == {(a.id, b.id), (b.id, c.id), (a.id, c.id)}
+    small = await client.dag_graph(a.id, max_nodes=2)
+    assert len(small.nodes) == 2
+    assert small.truncated
+    single = await client.dag_graph(a.id, depth=0)
+    assert [n.id for n in single.nodes] == [a.id]
+    assert single.truncated

@@ -6,6 +6,7 @@ The public API is exactly ``__all__``; everything else is internal.
 from __future__ import annotations
 
 from ._cron_runtime import CronEntry, OverlapPolicy
+from ._dag import DagGraph, DagNode
 from ._job import ACTIVE_STATES, TERMINAL_STATES, Job, JobStatus
 from ._pool import DequeueStrategy, PoolConfig
 from ._runner import Handler, Middleware
@@ -44,6 +45,8 @@ __all__ = [
     "CronEntry",
     "CronError",
     "CronSchedule",
+    "DagGraph",
+    "DagNode",
     "DependencyError",
     "DequeueStrategy",
     "DuplicateJobError",

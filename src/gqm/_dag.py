@@ -26,6 +26,7 @@ import anyio
 import msgspec
 
 from . import _scripts as scripts
+from ._job import record_decoder
 from .errors import DependencyError, RedisError
 
 if TYPE_CHECKING:
@@ -84,6 +85,71 @@ async def find_cycle(
         for parent in await parents_of(node):
             stack.append((parent, [*path, parent]))
     return None
+
+
+class DagNode(msgspec.Struct):
+    """A job in a dependency graph read."""
+
+    id: str
+    type: str
+    queue: str
+    status: str
+    allow_failure: bool = False
+
+
+class DagGraph(msgspec.Struct):
+    """The jobs around one job: ``edges`` are ``(parent, child)`` pairs. ``truncated``
+    says the depth or node limit cut the walk short."""
+
+    nodes: list[DagNode]
+    edges: list[tuple[str, str]]
+    truncated: bool = False
+
+
+async def read_graph(
+    driver: Driver, keys: Keys, job_id: str, *, depth: int, max_nodes: int
+) -> DagGraph:
+    """Walk parents (``depends_on``) and children (``dependents``) breadth-first from
+    ``job_id``, at most ``depth`` steps and ``max_nodes`` jobs."""
+    nodes: dict[str, DagNode] = {}
+    edges: set[tuple[str, str]] = set()
+    frontier = [job_id]
+    truncated = False
+    for _step in range(depth + 1):
+        todo = [j for j in frontier if j not in nodes]
+        if not todo:
+            break
+        if len(nodes) + len(todo) > max_nodes:
+            todo = todo[: max_nodes - len(nodes)]
+            truncated = True
+        queues = await driver.pipeline([["HGET", keys.ids, j] for j in todo])
+        found = [(j, q.decode()) for j, q in zip(todo, queues, strict=True) if q is not None]
+        replies = await driver.pipeline(
+            [
+                cmd
+                for j, q in found
+                for cmd in (["HGET", keys.queue(q).jobs, j], ["HGET", keys.queue(q).dependents, j])
+            ]
+        )
+        frontier = []
+        for n, (j, _q) in enumerate(found):
+            raw, children = replies[2 * n], replies[2 * n + 1]
+            if raw is None:
+                continue
+            rec = record_decoder.decode(raw)
+            nodes[j] = DagNode(rec.id, rec.type, rec.queue, rec.status, rec.allow_failure)
+            for parent in rec.depends_on or ():
+                edges.add((parent, j))
+                frontier.append(parent)
+            for child, _child_queue in msgspec.json.decode(children) if children else ():
+                edges.add((j, child))
+                frontier.append(child)
+        if truncated:
+            break
+    else:
+        truncated = any(j not in nodes for j in frontier)
+    kept = [e for e in sorted(edges) if e[0] in nodes and e[1] in nodes]
+    return DagGraph(nodes=list(nodes.values()), edges=kept, truncated=truncated)
 
 
 async def drain_outboxes(

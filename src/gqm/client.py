@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from ._dag import DagGraph
     from ._task import Task
 
 P = TypeVar("P")
@@ -630,6 +631,61 @@ class Client:
         if status == "missing":
             raise JobNotFoundError(f"no job with id {job_id!r}")
         return status
+
+    # -- dependencies ------------------------------------------------------------------
+
+    async def dag_deferred(
+        self, queue: str | None = None, *, offset: int = 0, limit: int = 100
+    ) -> list[Job[Any]]:
+        """Jobs waiting for their parents (oldest first); ``Job.pending`` names the
+        parents still awaited. Without ``queue``, every queue's (in name order)."""
+        driver = await self._conn.get()
+        if queue is not None:
+            names = [queue]
+        else:
+            names = sorted(n.decode() for n in await driver.execute("SMEMBERS", self.keys.queues))
+        found: list[Job[Any]] = []
+        skip = offset
+        for name in names:
+            q = self.keys.queue(name)
+            ids = await driver.execute("ZRANGE", q.deferred, 0, -1)
+            if skip >= len(ids):
+                skip -= len(ids)
+                continue
+            ids = ids[skip : skip + limit - len(found)]
+            skip = 0
+            raws = await driver.pipeline([["HGET", q.jobs, i] for i in ids])
+            found += [Job._from_record(record_decoder.decode(r), None) for r in raws if r]
+            if len(found) >= limit:
+                break
+        return found
+
+    async def dag_graph(self, job_id: str, *, depth: int = 3, max_nodes: int = 200) -> DagGraph:
+        """The jobs around ``job_id`` (parents and children, ``depth`` steps, at most
+        ``max_nodes``); see :class:`~gqm._dag.DagGraph`."""
+        await self._queue_of(job_id)
+        return await _dag.read_graph(
+            await self._conn.get(), self.keys, job_id, depth=depth, max_nodes=max_nodes
+        )
+
+    async def dag_roots(self, *, limit: int = 100) -> list[Job[Any]]:
+        """Jobs that have dependents but no parents of their own (the tops of graphs)."""
+        driver = await self._conn.get()
+        names = sorted(n.decode() for n in await driver.execute("SMEMBERS", self.keys.queues))
+        roots: list[Job[Any]] = []
+        for name in names:
+            q = self.keys.queue(name)
+            parents = await driver.execute("HKEYS", q.dependents)
+            raws = await driver.pipeline([["HGET", q.jobs, p] for p in parents])
+            for raw in raws:
+                if raw is None:
+                    continue
+                rec = record_decoder.decode(raw)
+                if not rec.depends_on:
+                    roots.append(Job._from_record(rec, None))
+                    if len(roots) >= limit:
+                        return roots
+        return roots
 
     # -- cron --------------------------------------------------------------------------
 

@@ -154,4 +154,3 @@ async def test_resolution_matches_model(
             q = client.keys.queue(queue)
             assert await driver.execute("LLEN", q.outbox) == 0
             assert await driver.execute("ZCARD", q.deferred) == 0
-            assert await driver.execute("HLEN", q.dependents) == 0
