@@ -13,7 +13,7 @@ if TERMINAL[rec.status] then return rec.status end
 if rec.status == 'processing' then
   rec.abort = reason
   save_job(jobs, id, rec)
-  redis.call('PUBLISH', ARGV[4], id)
+  redis.call('PUBLISH', ARGV[4], cjson.encode({ id, reason }))
   return 'signalled'
 end
 redis.call('LREM', ready, 0, id)

@@ -3,7 +3,9 @@
 -- KEYS: leases, jobs, payloads, results, ready, dead, meta, dependents, outbox,
 --   completed, canceled
 -- ARGV: limit, max_recoveries, dead_ttl_ms, wake_channel, done_channel, completed_ttl_ms
--- Returns {recovered, dead_lettered, ms until the next lease expires or -1, swept ids}.
+-- A job aborted while its worker died is recorded as stopped instead.
+-- Returns {recovered, dead_lettered (or stopped), ms until the next lease expires or -1,
+--   swept ids}.
 -- It also sweeps expired terminal records, so retention holds on idle queues too.
 local leases, jobs, payloads, results, ready, dead, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -20,7 +22,20 @@ for _, id in ipairs(expired) do
     rec.recoveries = (rec.recoveries or 0) + 1
     rec.token = nil
     rec.worker_id = nil
-    if rec.recoveries > max_recoveries then
+    if rec.abort then
+      -- Aborted while its worker died: it must not run again.
+      rec.status = 'stopped'
+      rec.error = 'aborted: ' .. rec.abort
+      rec.abort = nil
+      if fan_out(dependents, outbox, id, 'stopped') > 0 then
+        redis.call('PUBLISH', ARGV[4], 'd')
+      end
+      if finalize(rec, id, canceled, dead_ttl, now, jobs, payloads, results, dependents) then
+        table.insert(swept, id)
+      end
+      notify_done(ARGV[5], id, rec)
+      buried = buried + 1
+    elseif rec.recoveries > max_recoveries then
       rec.status = 'dead_letter'
       rec.error = 'lease expired ' .. rec.recoveries .. ' times: the job keeps killing or hanging its worker'
       if fan_out(dependents, outbox, id, 'dead_letter') > 0 then

@@ -2,8 +2,8 @@
 -- KEYS: leases, jobs
 -- ARGV: lease_ms, then per job: id, token
 -- Returns {lost, aborted}: ids whose lease is lost (reaped, finished elsewhere): the
--- server stops running them; ids flagged for abort (in case the abort message was
--- missed): the server stops them and records them as stopped.
+-- server stops running them; [id, reason] of jobs flagged for abort (in case the abort
+-- message was missed): the server stops them and records them as stopped.
 local leases, jobs = KEYS[1], KEYS[2]
 local deadline = now_ms() + tonumber(ARGV[1])
 local lost, aborted = {}, {}
@@ -13,7 +13,7 @@ for i = 2, #ARGV, 2 do
   if rec and rec.token == token and rec.status == 'processing'
       and redis.call('ZSCORE', leases, id) then
     redis.call('ZADD', leases, 'XX', deadline, id)
-    if rec.abort then table.insert(aborted, id) end
+    if rec.abort then table.insert(aborted, { id, rec.abort }) end
   else
     table.insert(lost, id)
   end

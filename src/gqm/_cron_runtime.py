@@ -233,14 +233,15 @@ async def drain_outbox(client: Client, keys: Keys) -> int:
         if stored is not None:
             outcome = await fire(client, keys, stored_decoder.decode(stored), tick, job_id)
         now = await redis_now_ms(driver)
+        made = outcome in ("enqueued", "duplicate")
         member = json_encoder.encode(
-            HistoryItem(job_id=job_id, tick=tick, fired_at=now, outcome=outcome)
+            HistoryItem(job_id=job_id if made else None, tick=tick, fired_at=now, outcome=outcome)
         )
         await scripts.run(
             driver,
             done,
             [keys.cron_fired, keys.cron_history(entry_id), keys.cron_taken],
-            [entry_id, tick, member, raw, HISTORY_KEEP],
+            [entry_id, tick, member, raw, HISTORY_KEEP, "1" if made else "0"],
         )
     return len(raws)
 

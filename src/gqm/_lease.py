@@ -69,7 +69,7 @@ async def renew_forever(
             if not lost and not aborted:
                 continue
             lost_ids = {raw.decode() for raw in lost}
-            aborted_ids = {raw.decode() for raw in aborted}
+            reasons = {raw_id.decode(): reason.decode() for raw_id, reason in aborted}
             for c in held:
                 # Only the claim whose token was refused: the job may have been claimed
                 # again by this very server since, and that newer claim is valid.
@@ -78,8 +78,8 @@ async def renew_forever(
                 if c.job_id in lost_ids:
                     log.warning("lease of job %s lost; stopping it", c.job_id)
                     c.stop("lease lost")
-                elif c.job_id in aborted_ids:
-                    c.stop("abort requested", abort=True)
+                elif c.job_id in reasons:
+                    c.stop(reasons[c.job_id], abort=True)
 
 
 async def reap_forever(

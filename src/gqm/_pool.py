@@ -293,7 +293,8 @@ class Pool:
                     log.exception(
                         "pool %s: unexpected error running job %s", self.config.name, c.job_id
                     )
-                    await self._runner.bury(c, f"internal error while running the job: {err!r}")
+                    if c.outcome is None:
+                        await self._runner.bury(c, f"internal error while running the job: {err!r}")
                 finally:
                     self._free += 1
                     self._slot.fire()

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._finish import DONE, REPLAYED, Finisher, FinishOp
+from ._finish import DONE, REFUSED, REPLAYED, Finisher, FinishOp
 from ._job import Job, JobRecord, json_encoder, record_decoder
 from ._task import Task
 from .errors import SkipRetry
@@ -241,10 +241,15 @@ class Runner:
         op = FinishOp(claimed.queue, claimed.job_id, claimed.token, outcome, data, n1, n2)
         op.after = lambda op: self._written(claimed, op)
         claimed.outcome = op
-        if not wait:
-            self._finisher.submit_nowait(op)
-            return DONE
-        code = await self._finisher.submit(op)
+        try:
+            if not wait:
+                self._finisher.submit_nowait(op)
+                return DONE
+            code = await self._finisher.submit(op)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # The server is stopping and its finisher is gone: the pool's hand-back
+            # writes `claimed.outcome` on its own connection.
+            return REFUSED
         return DONE if code == REPLAYED else code
 
     def _written(self, claimed: Claimed, op: FinishOp) -> None:

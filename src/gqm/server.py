@@ -509,9 +509,13 @@ class Server:
             log.info("server %s stopped", self.server_id)
 
     def _on_abort(self, data: bytes) -> None:
-        claimed = self._inflight.get(data.decode())
+        try:
+            job_id, reason = msgspec.json.decode(data, type=tuple[str, str])
+        except msgspec.DecodeError:
+            return
+        claimed = self._inflight.get(job_id)
         if claimed is not None:
-            claimed.stop("abort requested", abort=True)
+            claimed.stop(reason, abort=True)
 
     async def _deregister(self) -> None:
         keys = self._conn.keys
