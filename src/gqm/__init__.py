@@ -5,6 +5,7 @@ The public API is exactly ``__all__``; everything else is internal.
 
 from __future__ import annotations
 
+from ._admin import QueueInfo, ServerInfo
 from ._cron_runtime import CronEntry, OverlapPolicy
 from ._dag import DagGraph, DagNode
 from ._job import ACTIVE_STATES, TERMINAL_STATES, Job, JobStatus
@@ -60,12 +61,14 @@ __all__ = [
     "OverlapPolicy",
     "PayloadTooLargeError",
     "PoolConfig",
+    "QueueInfo",
     "RedisConnectionError",
     "RedisError",
     "RedisReplyError",
     "RetryPolicy",
     "SerializationError",
     "Server",
+    "ServerInfo",
     "ServerStateError",
     "SkipRetry",
     "Task",

@@ -68,6 +68,7 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
     started_at: int | None = None
     completed_at: int | None = None
     error: str | None = None
+    last_error: str | None = None
     worker_id: str | None = None
     token: str | None = None
     depends_on: list[str] | None = None

@@ -76,6 +76,9 @@ ALL_SCRIPTS = (
     "cron_toggle",
     "cron_done",
     "cron_take",
+    "admin_retry",
+    "admin_delete",
+    "empty",
 )
 
 
@@ -217,6 +220,29 @@ def abort_keys(q: QueueKeys) -> list[str]:
         q.dependents,
         q.outbox,
     ]
+
+
+def admin_retry_keys(q: QueueKeys) -> list[str]:
+    return [q.jobs, q.ready, q.dead, q.canceled]
+
+
+def admin_delete_keys(q: QueueKeys) -> list[str]:
+    return [
+        q.jobs,
+        q.payloads,
+        q.results,
+        q.ready,
+        q.scheduled,
+        q.deferred,
+        q.completed,
+        q.dead,
+        q.canceled,
+        q.dependents,
+    ]
+
+
+def empty_keys(q: QueueKeys) -> list[str]:
+    return [q.jobs, q.payloads, q.results, q.ready, q.canceled, q.dependents, q.outbox]
 
 
 def link_keys(q: QueueKeys) -> list[str]:

@@ -12,6 +12,7 @@ import msgspec
 
 from . import _dag
 from . import _scripts as scripts
+from ._admin import AdminMixin
 from ._cron_runtime import (
     HISTORY_KEEP,
     HistoryItem,
@@ -164,7 +165,7 @@ def redis_settings(
     )
 
 
-class Client:
+class Client(AdminMixin):
     """Enqueue jobs and query them.
 
     ``redis`` is a URL (``redis://host:6379/0``, ``rediss://`` for TLS), an already built
@@ -222,6 +223,9 @@ class Client:
     @property
     def keys(self) -> Keys:
         return self._conn.keys
+
+    async def _driver(self) -> Driver:
+        return await self._conn.get()
 
     async def __aenter__(self) -> Self:
         await self._conn.get()

@@ -1,0 +1,275 @@
+"""Queue inspection and admin operations (the CLI and the HTTP API build on these).
+
+Mixed into :class:`~gqm.Client`; every method is a public client method.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from . import _scripts as scripts
+from ._job import Job, JobStatus, record_decoder
+from .errors import ConfigurationError, JobNotFoundError
+
+if TYPE_CHECKING:
+    from ._keys import Keys, QueueKeys
+    from ._redis import Driver
+
+#: Most jobs one bulk admin call (retry all, clear, empty) handles.
+ADMIN_BATCH = 1000
+#: Retention of jobs canceled by an admin call (as dead-letter jobs): 30 days.
+_CANCELED_TTL_MS = 30 * 86400 * 1000
+
+
+class QueueInfo(msgspec.Struct, kw_only=True):
+    """Sizes of a queue per state, its totals, and whether it is paused."""
+
+    name: str
+    ready: int
+    scheduled: int
+    processing: int
+    deferred: int
+    completed: int
+    dead_letter: int
+    canceled: int
+    processed_total: int
+    failed_total: int
+    paused: bool
+
+
+class ServerInfo(msgspec.Struct, kw_only=True):
+    """A live server, from its heartbeat."""
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    inflight: int = 0
+    processed: int = 0
+    failed: int = 0
+    pools: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+_server_decoder = msgspec.json.Decoder(ServerInfo)
+
+#: Where each listable status lives: (key attribute, kind, newest first).
+_INDEX = {
+    JobStatus.READY: ("ready", "list"),
+    JobStatus.SCHEDULED: ("scheduled", "zset"),
+    JobStatus.RETRY: ("scheduled", "zset"),
+    JobStatus.PROCESSING: ("leases", "zset"),
+    JobStatus.DEFERRED: ("deferred", "zset"),
+    JobStatus.COMPLETED: ("completed", "zset-desc"),
+    JobStatus.DEAD_LETTER: ("dead", "zset-desc"),
+    JobStatus.CANCELED: ("canceled", "zset-desc"),
+    JobStatus.STOPPED: ("canceled", "zset-desc"),
+}
+
+
+class AdminMixin:
+    """Read models and admin operations; see the methods."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def keys(self) -> Keys: ...
+
+        async def _driver(self) -> Driver: ...
+
+        async def _queue_of(self, job_id: str) -> QueueKeys: ...
+
+    async def queue_names(self) -> list[str]:
+        """Every queue that ever received a job or was served."""
+        driver = await self._driver()
+        return sorted(n.decode() for n in await driver.execute("SMEMBERS", self.keys.queues))
+
+    async def queues(self) -> list[QueueInfo]:
+        """Every queue's sizes and totals."""
+        return [await self.queue_info(name) for name in await self.queue_names()]
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        """One queue's sizes and totals (raises JobNotFoundError for an unknown queue)."""
+        driver = await self._driver()
+        q = self.keys.queue(name)
+        (
+            known,
+            ready,
+            scheduled,
+            processing,
+            deferred,
+            completed,
+            dead,
+            canceled,
+            meta,
+        ) = await driver.pipeline(
+            [
+                ["SISMEMBER", self.keys.queues, name],
+                ["LLEN", q.ready],
+                ["ZCARD", q.scheduled],
+                ["ZCARD", q.leases],
+                ["ZCARD", q.deferred],
+                ["ZCARD", q.completed],
+                ["ZCARD", q.dead],
+                ["ZCARD", q.canceled],
+                ["HMGET", q.meta, "processed", "failed", "paused"],
+            ]
+        )
+        if not known:
+            raise JobNotFoundError(f"no queue named {name!r}")
+        processed, failed, paused = meta
+        return QueueInfo(
+            name=name,
+            ready=ready,
+            scheduled=scheduled,
+            processing=processing,
+            deferred=deferred,
+            completed=completed,
+            dead_letter=dead,
+            canceled=canceled,
+            processed_total=int(processed or 0),
+            failed_total=int(failed or 0),
+            paused=paused == b"1",
+        )
+
+    async def list_jobs(
+        self, queue: str, status: JobStatus | str, *, offset: int = 0, limit: int = 100
+    ) -> tuple[list[Job[Any]], int]:
+        """A page of a queue's jobs in one state, and how many there are in all.
+
+        Ready jobs come in the order they will run; finished ones newest first.
+        Payloads are not loaded (``payload`` is None): use :meth:`get_job` for one job.
+        """
+        try:
+            wanted = JobStatus(status)
+        except ValueError:
+            raise ConfigurationError(
+                f"unknown status {status!r}: use one of {', '.join(s.value for s in _INDEX)}"
+            ) from None
+        if wanted not in _INDEX:
+            raise ConfigurationError(f"jobs cannot be listed by status {wanted.value!r}")
+        if offset < 0 or limit < 1:
+            raise ConfigurationError("offset must be >= 0 and limit >= 1")
+        attr, kind = _INDEX[wanted]
+        q = self.keys.queue(queue)
+        key = getattr(q, attr)
+        driver = await self._driver()
+        if kind == "list":
+            total = await driver.execute("LLEN", key)
+            # The head of the queue is the right end of the list.
+            ids = await driver.execute("LRANGE", key, -(offset + limit), -(offset + 1))
+            ids = list(reversed(ids))
+        else:
+            total = await driver.execute("ZCARD", key)
+            command = "ZREVRANGE" if kind == "zset-desc" else "ZRANGE"
+            ids = await driver.execute(command, key, offset, offset + limit - 1)
+        raws = await driver.pipeline([["HGET", q.jobs, i] for i in ids]) if ids else []
+        jobs = [Job._from_record(record_decoder.decode(r), None) for r in raws if r is not None]
+        if attr in ("scheduled", "canceled"):
+            # These indexes hold two states each.
+            jobs = [j for j in jobs if j.status is wanted]
+        return jobs, int(total)
+
+    async def retry(self, *job_ids: str) -> dict[str, bool]:
+        """Requeue dead-letter, canceled or stopped jobs as fresh jobs (counters reset).
+        Returns, per id, whether it was requeued."""
+        driver = await self._driver()
+        result: dict[str, bool] = {}
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                q = await self._queue_of(job_id)
+            except JobNotFoundError:
+                result[job_id] = False
+                continue
+            (done,) = await scripts.run(
+                driver, scripts.script("admin_retry"), scripts.admin_retry_keys(q), [q.wake, job_id]
+            )
+            result[job_id] = bool(done)
+        return result
+
+    async def retry_dead(self, queue: str, *, limit: int = ADMIN_BATCH) -> int:
+        """Requeue up to ``limit`` of a queue's dead-letter jobs (oldest first)."""
+        driver = await self._driver()
+        q = self.keys.queue(queue)
+        ids = await driver.execute("ZRANGE", q.dead, 0, min(limit, ADMIN_BATCH) - 1)
+        if not ids:
+            return 0
+        done = await scripts.run(
+            driver, scripts.script("admin_retry"), scripts.admin_retry_keys(q), [q.wake, *ids]
+        )
+        return sum(done)
+
+    async def delete(self, *job_ids: str) -> dict[str, str]:
+        """Delete jobs. Per id: ``deleted``, ``not_found`` or ``processing`` (refused:
+        abort a running job first)."""
+        driver = await self._driver()
+        outcome = {1: "deleted", -1: "not_found", -2: "processing"}
+        result: dict[str, str] = {}
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                q = await self._queue_of(job_id)
+            except JobNotFoundError:
+                result[job_id] = "not_found"
+                continue
+            (code,) = await scripts.run(
+                driver, scripts.script("admin_delete"), scripts.admin_delete_keys(q), [job_id]
+            )
+            result[job_id] = outcome[int(code)]
+            if code == 1:
+                await scripts.forget_ids(driver, self.keys, {q.name: [job_id]})
+        return result
+
+    async def clear_dead(self, queue: str, *, limit: int = ADMIN_BATCH) -> int:
+        """Delete up to ``limit`` of a queue's dead-letter jobs (oldest first)."""
+        driver = await self._driver()
+        q = self.keys.queue(queue)
+        ids = await driver.execute("ZRANGE", q.dead, 0, min(limit, ADMIN_BATCH) - 1)
+        if not ids:
+            return 0
+        codes = await scripts.run(
+            driver, scripts.script("admin_delete"), scripts.admin_delete_keys(q), ids
+        )
+        gone = [i for i, c in zip(ids, codes, strict=True) if c == 1]
+        await scripts.forget_ids(driver, self.keys, {q.name: gone})
+        return len(gone)
+
+    async def empty(self, queue: str, *, limit: int = ADMIN_BATCH) -> int:
+        """Cancel up to ``limit`` of a queue's ready jobs (oldest first); their
+        dependents are canceled too. Returns how many were canceled."""
+        driver = await self._driver()
+        q = self.keys.queue(queue)
+        count = await scripts.run(
+            driver,
+            scripts.script("empty"),
+            scripts.empty_keys(q),
+            [min(limit, ADMIN_BATCH), _CANCELED_TTL_MS, self.keys.done_channel, q.wake],
+        )
+        return int(count)
+
+    async def daily_stats(self, queue: str, *, days: int = 7) -> list[tuple[str, int, int]]:
+        """``(date, processed, failed)`` per UTC day, oldest first, the last ``days`` days."""
+        import datetime as dt
+
+        if not 1 <= days <= 90:
+            raise ConfigurationError("days must be between 1 and 90")
+        driver = await self._driver()
+        seconds, _micros = await driver.execute("TIME")
+        today = int(seconds) // 86400
+        fields = []
+        for day in range(today - days + 1, today + 1):
+            fields += [f"processed:{day}", f"failed:{day}"]
+        values = await driver.execute("HMGET", self.keys.queue(queue).meta, *fields)
+        out = []
+        for n, day in enumerate(range(today - days + 1, today + 1)):
+            date = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+            out.append((date, int(values[2 * n] or 0), int(values[2 * n + 1] or 0)))
+        return out
+
+    async def servers(self) -> list[ServerInfo]:
+        """Live servers (those whose heartbeat has not expired)."""
+        driver = await self._driver()
+        ids = await driver.execute("ZRANGE", self.keys.servers, 0, -1)
+        raws = await driver.pipeline([["GET", self.keys.server(i.decode())] for i in ids])
+        return [_server_decoder.decode(r) for r in raws if r is not None]
