@@ -17,7 +17,8 @@ import gqm
 from gqm._embedded import EmbeddedRedis
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 
 @pytest.fixture(
@@ -50,6 +51,19 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 def prefix() -> str:
     """A fresh key prefix per test, so tests share one server without sharing state."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_server(redis_url: str, prefix: str) -> Callable[..., gqm.Server]:
+    """Build servers on the test Redis and prefix, without signal handlers (tests stop
+    them with ``shutdown()``) and with a short grace period."""
+
+    def make(**kwargs: Any) -> gqm.Server:
+        kwargs.setdefault("handle_signals", False)
+        kwargs.setdefault("grace_period", 5)
+        return gqm.Server(redis_url, prefix=prefix, **kwargs)
+
+    return make
 
 
 @pytest.fixture

@@ -22,16 +22,6 @@ pytestmark = pytest.mark.anyio
 _CANCELED_TTL_MS = 86_400_000
 
 
-@pytest.fixture
-def make_server(redis_url: str, prefix: str) -> Callable[..., gqm.Server]:
-    def make(**kwargs: Any) -> gqm.Server:
-        kwargs.setdefault("handle_signals", False)
-        kwargs.setdefault("grace_period", 5)
-        return gqm.Server(redis_url, prefix=prefix, **kwargs)
-
-    return make
-
-
 async def _assert_canceled(client: gqm.Client, job_id: str, error_start: str) -> None:
     job = await client.get_job(job_id)
     assert job.status is gqm.JobStatus.CANCELED

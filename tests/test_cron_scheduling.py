@@ -28,16 +28,6 @@ EVERY_SECOND = "* * * * * *"
 YEARLY = "0 0 0 1 1 *"
 
 
-@pytest.fixture
-def make_server(redis_url: str, prefix: str) -> Callable[..., gqm.Server]:
-    def make(**kwargs: Any) -> gqm.Server:
-        kwargs.setdefault("handle_signals", False)
-        kwargs.setdefault("grace_period", 5)
-        return gqm.Server(redis_url, prefix=prefix, **kwargs)
-
-    return make
-
-
 class Fires:
     """The job ids a handler has seen (with how often), and a way to wait on them."""
 

@@ -16,16 +16,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def make_server(redis_url: str, prefix: str) -> Callable[..., gqm.Server]:
-    def make(**kwargs: Any) -> gqm.Server:
-        kwargs.setdefault("handle_signals", False)
-        kwargs.setdefault("grace_period", 5)
-        return gqm.Server(redis_url, prefix=prefix, **kwargs)
-
-    return make
-
-
 async def test_original_example_graph(
     client: gqm.Client, make_server: Callable[..., gqm.Server]
 ) -> None:

@@ -20,15 +20,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def make_server(redis_url: str, prefix: str) -> Callable[..., gqm.Server]:
-    def make(**kwargs: Any) -> gqm.Server:
-        kwargs.setdefault("handle_signals", False)
-        return gqm.Server(redis_url, prefix=prefix, **kwargs)
-
-    return make
-
-
 async def _claim(
     client: gqm.Client, queue: str, token: str, lease_ms: int = 30_000
 ) -> dict[str, str]:

@@ -26,16 +26,6 @@ class Order(msgspec.Struct):
 process_order = gqm.task("order.process", Order)
 
 
-@pytest.fixture
-def make_server(redis_url: str, prefix: str) -> Callable[..., gqm.Server]:
-    def make(**kwargs: Any) -> gqm.Server:
-        kwargs.setdefault("handle_signals", False)
-        kwargs.setdefault("grace_period", 5)
-        return gqm.Server(redis_url, prefix=prefix, **kwargs)
-
-    return make
-
-
 async def test_typed_handler_gets_decoded_payload_and_result_is_stored(
     client: gqm.Client, make_server: Callable[..., gqm.Server]
 ) -> None:
