@@ -496,3 +496,33 @@ async def test_retention_sweeps_expired_records(
     assert await raw(client, "HEXISTS", q.jobs, new.id) == 1
     assert await raw(client, "HEXISTS", client.keys.ids, old.id) == 0
     assert (await record(client, "default", new.id)).status == "completed"
+
+
+def test_from_config_code_overrides_the_file() -> None:
+    """Server.from_config takes pools, cron entries and settings from the file; keywords
+    given in code win."""
+    cfg = gqm.load_config(
+        """
+app:
+  grace_period: 7
+  global_job_timeout: 600
+queues:
+  - name: critical
+pools:
+  - name: fast
+    job_types: ["email.send"]
+    queues: ["critical", "default"]
+    concurrency: 4
+scheduler:
+  cron_entries:
+    - id: nightly
+      cron_expr: "0 0 2 * * *"
+      job_type: cleanup
+"""
+    )
+    server = gqm.Server.from_config(cfg, grace_period=1, handle_signals=False)
+    assert server.grace_period == 1
+    assert server.global_timeout == 600
+    assert [p.name for p in server._pool_configs] == ["fast"]
+    assert server._pool_configs[0].queues == ("critical", "default")
+    assert list(server._cron) == ["nightly"]

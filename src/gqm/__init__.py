@@ -14,6 +14,7 @@ from ._runner import Handler, Middleware
 from ._task import Task, task
 from ._version import __version__
 from .client import MAX_BATCH, BatchItem, Client
+from .config import ConfigError, GqmConfig, load_config, load_config_file
 from .cron import CronError, CronSchedule
 from .errors import (
     BatchTooLargeError,
@@ -42,6 +43,7 @@ __all__ = [
     "BatchItem",
     "BatchTooLargeError",
     "Client",
+    "ConfigError",
     "ConfigurationError",
     "CronEntry",
     "CronError",
@@ -51,6 +53,7 @@ __all__ = [
     "DependencyError",
     "DequeueStrategy",
     "DuplicateJobError",
+    "GqmConfig",
     "GqmError",
     "Handler",
     "Job",
@@ -73,5 +76,7 @@ __all__ = [
     "SkipRetry",
     "Task",
     "__version__",
+    "load_config",
+    "load_config_file",
     "task",
 ]

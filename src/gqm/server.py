@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._redis import Command
+    from .config import GqmConfig
     from .retry import RetryPolicy
 
 log = logging.getLogger("gqm.server")
@@ -195,6 +196,24 @@ class Server:
         self._runner: Runner | None = None
         self._progress = Signal()
         self._pools_scope: anyio.CancelScope | None = None
+
+    @classmethod
+    def from_config(cls, config: GqmConfig, **overrides: Any) -> Server:
+        """Build a server from a loaded config file (layer 4). Keywords given here
+        override the file: code always wins. Handlers are registered afterwards::
+
+            server = gqm.Server.from_config(gqm.load_config_file("gqm.yaml"), scheduler=False)
+            server.handle("email.send", send_email)
+        """
+        from .config import server_options
+
+        options = server_options(config)
+        server = cls(**{**options.kwargs, **overrides})
+        for pool in options.pools:
+            server.pool(pool)
+        for entry in options.cron:
+            server.schedule(entry)
+        return server
 
     # -- registration ------------------------------------------------------------------
 
