@@ -1,4 +1,5 @@
-"""Developer tasks: ``tests`` and ``lint`` (the defaults), ``bench``, ``stress``, ``demo``.
+"""Developer tasks: ``tests`` and ``lint`` (the defaults), ``bench``, ``stress``, ``dev``,
+``demo``.
 
 Every session runs on the interpreter nox itself runs on (Python 3.11+), in a fresh
 venv made by uv when uv is installed, else by virtualenv.
@@ -74,6 +75,13 @@ def stress(session: nox.Session) -> None:
     """Run the test suite with the stress tests enabled (GQM_STRESS=1)."""
     _install_project(session, *_test_extras())
     session.run("pytest", "tests", *session.posargs, env={"GQM_STRESS": "1"})
+
+
+@nox.session
+def dev(session: nox.Session) -> None:
+    """The zero-setup main job: ``gqm dev`` (embedded Redis, example jobs; Ctrl+C stops)."""
+    _install_project(session, "embedded")
+    session.run("gqm", "dev", *session.posargs)
 
 
 @nox.session
