@@ -141,6 +141,8 @@ class AdminMixin:
 
         Ready jobs come in the order they will run; finished ones newest first.
         Payloads are not loaded (``payload`` is None): use :meth:`get_job` for one job.
+        ``scheduled`` and ``retry`` share one index, as do ``canceled`` and ``stopped``:
+        for those the page holds only the state asked for, and ``total`` counts both.
         """
         try:
             wanted = JobStatus(status)
