@@ -102,3 +102,15 @@ async def test_delete_refuses_running_job_and_servers_are_listed(
         servers = await client.servers()
         assert [s.id for s in servers] == [server.server_id]
         assert servers[0].pools[0]["name"] == "default"
+
+
+async def test_deleting_a_live_parent_cancels_its_dependents(client: gqm.Client) -> None:
+    """A parent deleted before it finished counts as canceled: its children do not wait
+    for ever."""
+    parent = await client.enqueue("t", "p", queue="q1")
+    child = await client.enqueue("t", "c", queue="q2", depends_on=[parent.id])
+    assert await client.delete(parent.id) == {parent.id: "deleted"}
+    await gqm._dag.drain_outboxes(await client._conn.get(), client.keys, ["q1"], canceled_ttl_ms=-1)
+    stored = await client.get_job(child.id)
+    assert stored.status is gqm.JobStatus.CANCELED
+    assert stored.error == f"dependency {parent.id} ended as canceled"

@@ -251,8 +251,8 @@ RULES = [
      f"{P0}.retry.max_retry", ">= 0"),
     ("P-retry-intervals", _pool(", retry: {backoff: custom, intervals: [0, 5]}"),
      _pool(", retry: {backoff: custom, intervals: [5, -1]}"), f"{P0}.retry.intervals[1]", ">= 0"),
-    ("P-misfire-grace", "scheduler: {misfire_grace: 0}", "scheduler: {misfire_grace: -1}",
-     "$.scheduler.misfire_grace", ">= 0"),
+    ("P-misfire-grace", "scheduler: {misfire_grace: 0.5}", "scheduler: {misfire_grace: 0}",
+     "$.scheduler.misfire_grace", "> 0"),
     ("P-cron-id", _cron(), _cron(base="{id: 'daily cleanup', cron_expr: '@daily', job_type: j"),
      f"{C0}.id", "must not contain whitespace"),
     ("P-cron-queue", _cron(", queue: low.v2"), _cron(", queue: 'low prio'"), f"{C0}.queue",
@@ -808,6 +808,7 @@ def test_server_options_mapping() -> None:
         "poll_interval": 2.0,
         "scheduler": False,
         "misfire_grace": 30.0,
+        "max_connections": 20,  # redis.pool_size
     }
     assert opts.config.monitoring.api.rate_limit == 50
 

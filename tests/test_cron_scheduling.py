@@ -443,3 +443,21 @@ async def test_bad_entries_are_refused(make_server: Callable[..., gqm.Server]) -
     server.schedule(good)
     with pytest.raises(gqm.ConfigurationError, match="already scheduled"):
         server.schedule(entry("good", "other", YEARLY))
+
+
+async def test_cron_delete_removes_the_entry_everywhere(client: gqm.Client) -> None:
+    """A deleted entry is gone from Redis (no server fires it); deleting twice says so."""
+    driver = await client._conn.get()
+    entry = gqm.CronEntry(id="gone", cron_expr="* * * * * *", job_type="tick")
+    await gqm._cron_runtime.register(driver, client.keys, [entry])
+    assert [e.id for e in await client.cron_entries()] == ["gone"]
+    assert await client.cron_delete("gone") is True
+    assert await client.cron_entries() == []
+    assert await client.cron_next_run("gone") is None
+    assert await client.cron_delete("gone") is False
+
+
+def test_misfire_grace_must_be_positive() -> None:
+    """A zero grace would skip every tick (a fire is always a little late): refused."""
+    with pytest.raises(gqm.ConfigurationError, match="misfire_grace"):
+        gqm.Server("redis://127.0.0.1:1", misfire_grace=0)

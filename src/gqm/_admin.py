@@ -216,7 +216,10 @@ class AdminMixin:
                 result[job_id] = "not_found"
                 continue
             (code,) = await scripts.run(
-                driver, scripts.script("admin_delete"), scripts.admin_delete_keys(q), [job_id]
+                driver,
+                scripts.script("admin_delete"),
+                scripts.admin_delete_keys(q),
+                [q.wake, job_id],
             )
             result[job_id] = outcome[int(code)]
             if code == 1:
@@ -231,7 +234,7 @@ class AdminMixin:
         if not ids:
             return 0
         codes = await scripts.run(
-            driver, scripts.script("admin_delete"), scripts.admin_delete_keys(q), ids
+            driver, scripts.script("admin_delete"), scripts.admin_delete_keys(q), [q.wake, *ids]
         )
         gone = [i for i, c in zip(ids, codes, strict=True) if c == 1]
         await scripts.forget_ids(driver, self.keys, {q.name: gone})

@@ -23,6 +23,7 @@ then enqueue the new one).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from dataclasses import dataclass, field
@@ -35,9 +36,17 @@ import msgspec
 from . import _scripts as scripts
 from ._job import TERMINAL_STATES, json_encoder, uuid7
 from ._keys import check_queue_name
+from ._options import encode_payload
 from ._task import check_job_type
 from .cron import CronSchedule
-from .errors import ConfigurationError, DuplicateJobError, JobNotFoundError, RedisError
+from .errors import (
+    ConfigurationError,
+    DuplicateJobError,
+    JobNotFoundError,
+    PayloadTooLargeError,
+    RedisError,
+    SerializationError,
+)
 
 if TYPE_CHECKING:
     from ._keys import Keys
@@ -98,9 +107,9 @@ class CronEntry:
             ) from None
         object.__setattr__(self, "schedule", CronSchedule.parse(self.cron_expr, self.timezone))
         try:
-            json_encoder.encode(self.payload)
-        except (TypeError, ValueError) as err:
-            raise ConfigurationError(f"cron entry {self.id!r}: payload is not JSON: {err}") from err
+            encode_payload(self.payload)
+        except (SerializationError, PayloadTooLargeError) as err:
+            raise ConfigurationError(f"cron entry {self.id!r}: {err}") from err
 
     def definition(self) -> bytes:
         """The JSON stored in Redis."""
@@ -193,6 +202,10 @@ async def fire(client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id
     Returns the outcome recorded in the history."""
     driver = await client._conn.get()
     last_tick = await driver.execute("HGET", keys.cron_fired, entry.id)
+    if last_tick is not None and tick < int(last_tick):
+        # Processed after a later tick (its taker died and it came back): running it
+        # now would go against the overlap policy, and its time has passed.
+        return "stale"
     if last_tick is not None and entry.overlap_policy != OverlapPolicy.ALLOW:
         previous = f"cron:{entry.id}:{int(last_tick)}"
         try:
@@ -202,7 +215,8 @@ async def fire(client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id
         if status is not None and status not in TERMINAL_STATES and previous != job_id:
             if entry.overlap_policy == OverlapPolicy.SKIP:
                 return "skipped"
-            await client.abort(previous, reason=f"replaced by the cron tick {tick}")
+            with contextlib.suppress(JobNotFoundError):  # it finished and was swept meanwhile
+                await client.abort(previous, reason=f"replaced by the cron tick {tick}")
     try:
         await client.enqueue(
             entry.job_type, entry.payload, queue=entry.queue, job_id=job_id, unique=True
@@ -215,7 +229,8 @@ async def fire(client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id
 async def drain_outbox(client: Client, keys: Keys) -> int:
     """Enqueue the fires waiting in the cron outbox. Safe to run on many servers at once."""
     driver = await client._conn.get()
-    raws = await driver.execute("LRANGE", keys.cron_outbox, 0, 99)
+    # The list is LPUSHed: its oldest fires are at the right end.
+    raws = list(reversed(await driver.execute("LRANGE", keys.cron_outbox, -100, -1)))
     if not raws:
         return 0
     ids = list({msgspec.json.decode(raw)["id"] for raw in raws})
@@ -231,7 +246,15 @@ async def drain_outbox(client: Client, keys: Keys) -> int:
         stored = defs.get(entry_id)
         outcome = "deleted"
         if stored is not None:
-            outcome = await fire(client, keys, stored_decoder.decode(stored), tick, job_id)
+            try:
+                outcome = await fire(client, keys, stored_decoder.decode(stored), tick, job_id)
+            except RedisError:
+                raise  # the fire stays taken and comes back to the outbox
+            except Exception as err:
+                # A bad stored entry (an unknown time zone on this host, a payload over
+                # the limit) must not stop the scheduler of every server.
+                log.exception("cron %s: firing tick %s failed", entry_id, tick)
+                outcome = f"error: {err}"[:200]
         now = await redis_now_ms(driver)
         made = outcome in ("enqueued", "duplicate")
         member = json_encoder.encode(
@@ -273,10 +296,16 @@ async def cron_forever(
                     if raw is None:
                         await driver.execute("ZREM", keys.cron_next, entry_id)
                         continue
-                    entry = stored_decoder.decode(raw)
-                    # The following tick comes after now, not after the due tick: a
-                    # server that was down fires once, not once per missed tick.
-                    following = tick_after(_schedule(entry, cache), max(tick, now))
+                    try:
+                        entry = stored_decoder.decode(raw)
+                        # The following tick comes after now, not after the due tick: a
+                        # server that was down fires once, not once per missed tick.
+                        following = tick_after(_schedule(entry, cache), max(tick, now))
+                    except Exception:
+                        # Unusable here (e.g. a time zone this host lacks): leave the
+                        # entry to servers that can read it, and keep scheduling others.
+                        log.exception("cron %s: cannot compute its next tick", entry_id)
+                        continue
                     calls.append(
                         (
                             claim,

@@ -238,6 +238,7 @@ def admin_delete_keys(q: QueueKeys) -> list[str]:
         q.dead,
         q.canceled,
         q.dependents,
+        q.outbox,
     ]
 
 

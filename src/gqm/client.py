@@ -150,6 +150,7 @@ def redis_settings(
     password: str | None,
     ssl: bool | _ssl.SSLContext,
     socket_timeout: float | None,
+    max_connections: int | None = None,
 ) -> RedisSettings:
     url = redis if isinstance(redis, str) else None
     return RedisSettings(
@@ -162,6 +163,7 @@ def redis_settings(
         ssl=bool(ssl),
         ssl_context=ssl if isinstance(ssl, _ssl.SSLContext) else None,
         socket_timeout=socket_timeout,
+        max_connections=max_connections,
     )
 
 
@@ -190,6 +192,7 @@ class Client(AdminMixin):
         password: str | None = None,
         ssl: bool | _ssl.SSLContext = False,
         socket_timeout: float | None = 10.0,
+        max_connections: int | None = None,
     ) -> None:
         settings = redis_settings(
             redis,
@@ -200,6 +203,7 @@ class Client(AdminMixin):
             password=password,
             ssl=ssl,
             socket_timeout=socket_timeout,
+            max_connections=max_connections,
         )
         self._conn = Connection(redis, prefix, settings)
         self._known_queues: set[str] = set()
@@ -738,6 +742,22 @@ class Client(AdminMixin):
         if not found:
             raise JobNotFoundError(f"no cron entry {entry_id!r}")
         await driver.execute("PUBLISH", self.keys.cron_wake, entry_id)
+
+    async def cron_delete(self, entry_id: str) -> bool:
+        """Remove a cron entry from Redis, for every server (an entry dropped from the
+        code is not removed by itself: servers fire every entry stored). Returns False if
+        there was no such entry. A server that still registers it re-creates it."""
+        driver = await self._conn.get()
+        removed, *_ = await driver.pipeline(
+            [
+                ["HDEL", self.keys.cron_entries, entry_id],
+                ["ZREM", self.keys.cron_next, entry_id],
+                ["HDEL", self.keys.cron_fired, entry_id],
+                ["DEL", self.keys.cron_history(entry_id)],
+            ]
+        )
+        await driver.execute("PUBLISH", self.keys.cron_wake, entry_id)
+        return bool(removed)
 
     async def cron_trigger(self, entry_id: str) -> Job[Any]:
         """Enqueue the entry's job now, outside its schedule (and its overlap policy)."""

@@ -999,8 +999,9 @@ def _check_scheduler(s: SchedulerConfig, report: _Report) -> None:
     at: _Path = ("scheduler",)
     # Rule 25: poll_interval >= 0.
     report.at_least((*at, "poll_interval"), s.poll_interval, 0, " (0: the default)")
-    # P: misfire_grace >= 0.
-    report.at_least((*at, "misfire_grace"), s.misfire_grace, 0)
+    # P: misfire_grace > 0 (0 would skip every tick: a fire is always a little late).
+    if s.misfire_grace <= 0:
+        report.bad((*at, "misfire_grace"), s.misfire_grace, "must be > 0 seconds")
     first: dict[str, int] = {}
     for i, entry in enumerate(s.cron_entries):
         _check_cron_entry(entry, (*at, "cron_entries", i), first, report)
@@ -1294,6 +1295,8 @@ def server_options(cfg: GqmConfig) -> ServerOptions:
         "scheduler": s.enabled,
         "misfire_grace": s.misfire_grace,
     }
+    if r.pool_size > 0:
+        kwargs["max_connections"] = r.pool_size
     context = _ssl_context(r)
     if context is not None:
         kwargs["ssl"] = context

@@ -126,6 +126,7 @@ class Server:
         password: str | None = None,
         ssl: bool | _ssl.SSLContext = False,
         socket_timeout: float | None = 10.0,
+        max_connections: int | None = None,
         concurrency: int = 10,
         lease_ttl: float = 30.0,
         reap_interval: float | None = None,
@@ -150,6 +151,7 @@ class Server:
             password=password,
             ssl=ssl,
             socket_timeout=socket_timeout,
+            max_connections=max_connections,
         )
         self._conn = Connection(redis, prefix, settings)
         if concurrency < 0:
@@ -182,8 +184,10 @@ class Server:
         self.server_id = server_id or f"{socket.gethostname()}-{os.getpid()}-{uuid7()[-6:]}"
         self.handle_signals = handle_signals
         self.scheduler = scheduler
-        if misfire_grace < 0:
-            raise ConfigurationError("misfire_grace must be >= 0")
+        if misfire_grace <= 0:
+            raise ConfigurationError(
+                "misfire_grace must be > 0 seconds (a fire always runs a little after its tick)"
+            )
         self.misfire_grace = float(misfire_grace)
         self._cron: dict[str, CronEntry] = {}
         self._handlers: dict[str, HandlerSpec] = {}

@@ -233,7 +233,7 @@ async def run_app(url: str, prefix: str, duration: float | None) -> None:
             finally:
                 served.set()
 
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with anyio.create_task_group() as tg:
                 await tg.start(serve)
                 say(
