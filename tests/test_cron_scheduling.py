@@ -117,6 +117,9 @@ async def test_five_servers_fire_every_tick_exactly_once_and_stop_together(
         for item in history:
             assert item.job_id is not None
             await client.result(item.job_id, timeout=10)
+        last_run = await client.cron_last_run("every-second")
+        assert last_run is not None
+        assert int(last_run.timestamp() * 1000) == max(h.tick for h in history)
 
     # A tick claimed (compare-and-set on cron:next) just before the disable landed is
     # already in the outbox, or enqueued and not yet picked up by a worker: it still runs
@@ -451,6 +454,7 @@ async def test_cron_delete_removes_the_entry_everywhere(client: gqm.Client) -> N
     entry = gqm.CronEntry(id="gone", cron_expr="* * * * * *", job_type="tick")
     await gqm._cron_runtime.register(driver, client.keys, [entry])
     assert [e.id for e in await client.cron_entries()] == ["gone"]
+    assert await client.cron_last_run("gone") is None
     assert await client.cron_delete("gone") is True
     assert await client.cron_entries() == []
     assert await client.cron_next_run("gone") is None

@@ -708,6 +708,11 @@ class Client(AdminMixin):
         score = await (await self._conn.get()).execute("ZSCORE", self.keys.cron_next, entry_id)
         return None if score is None else datetime.fromtimestamp(float(score) / 1000, UTC)
 
+    async def cron_last_run(self, entry_id: str) -> datetime | None:
+        """The tick of the entry's latest fire that made a job (None if it never did)."""
+        tick = await (await self._conn.get()).execute("HGET", self.keys.cron_fired, entry_id)
+        return None if tick is None else datetime.fromtimestamp(int(tick) / 1000, UTC)
+
     async def cron_history(self, entry_id: str, *, limit: int = 100) -> list[HistoryItem]:
         """The entry's latest fires, newest first."""
         raws = await (await self._conn.get()).execute(
