@@ -151,6 +151,7 @@ def redis_settings(
     ssl: bool | _ssl.SSLContext,
     socket_timeout: float | None,
     max_connections: int | None = None,
+    driver: str = "auto",
 ) -> RedisSettings:
     url = redis if isinstance(redis, str) else None
     return RedisSettings(
@@ -164,6 +165,7 @@ def redis_settings(
         ssl_context=ssl if isinstance(ssl, _ssl.SSLContext) else None,
         socket_timeout=socket_timeout,
         max_connections=max_connections,
+        driver=driver,
     )
 
 
@@ -173,6 +175,9 @@ class Client(AdminMixin):
     ``redis`` is a URL (``redis://host:6379/0``, ``rediss://`` for TLS), an already built
     client (``redis.asyncio.Redis`` on asyncio, ``coredis.Redis`` on trio or asyncio;
     that is how Sentinel and custom setups come in) or ``None`` for the keyword settings.
+    ``driver`` picks the Redis library: ``"auto"`` (redis-py on asyncio, coredis on trio,
+    or ``$GQM_DRIVER``), or ``"resp"``, gqm's own thin driver (experimental; 1.4-4x less
+    CPU per command than redis-py, several times less than coredis).
     The connection opens on first use; use the client as an async context manager (or
     call :meth:`aclose`) to release it::
 
@@ -193,6 +198,7 @@ class Client(AdminMixin):
         ssl: bool | _ssl.SSLContext = False,
         socket_timeout: float | None = 10.0,
         max_connections: int | None = None,
+        driver: str = "auto",
     ) -> None:
         settings = redis_settings(
             redis,
@@ -204,6 +210,7 @@ class Client(AdminMixin):
             ssl=ssl,
             socket_timeout=socket_timeout,
             max_connections=max_connections,
+            driver=driver,
         )
         self._conn = Connection(redis, prefix, settings)
         self._known_queues: set[str] = set()

@@ -127,6 +127,7 @@ class Server:
         ssl: bool | _ssl.SSLContext = False,
         socket_timeout: float | None = 10.0,
         max_connections: int | None = None,
+        driver: str = "auto",
         concurrency: int = 10,
         lease_ttl: float = 30.0,
         reap_interval: float | None = None,
@@ -152,6 +153,7 @@ class Server:
             ssl=ssl,
             socket_timeout=socket_timeout,
             max_connections=max_connections,
+            driver=driver,
         )
         self._conn = Connection(redis, prefix, settings)
         if concurrency < 0:

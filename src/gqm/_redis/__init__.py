@@ -8,6 +8,7 @@ coredis on trio (redis-py cannot run under trio).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import sniffio
@@ -32,7 +33,9 @@ def _is_coredis_client(obj: object) -> bool:
 def open_driver(client: Any | None, settings: RedisSettings) -> Driver:
     """Return a driver for an injected ``client``, or build one from ``settings``.
 
-    Must be called from inside the event loop that will use the driver.
+    Must be called from inside the event loop that will use the driver. The driver is
+    ``settings.driver``; ``"auto"`` reads ``$GQM_DRIVER`` (for trying another driver
+    without code changes), else picks redis-py on asyncio and coredis on trio.
     """
     if client is not None:
         if _is_redispy_client(client):
@@ -47,11 +50,25 @@ def open_driver(client: Any | None, settings: RedisSettings) -> Driver:
             f"unsupported Redis client {type(client).__qualname__}: pass a "
             "redis.asyncio.Redis (asyncio) or a coredis.Redis (trio or asyncio)"
         )
-    library = sniffio.current_async_library()
-    if library == "trio":
+    choice = settings.driver
+    if choice == "auto":
+        choice = os.environ.get("GQM_DRIVER", "auto")
+    if choice == "auto":
+        choice = "coredis" if sniffio.current_async_library() == "trio" else "redis-py"
+    if choice == "resp":
+        from ._resp import RespDriver
+
+        return RespDriver.from_settings(settings)
+    if choice == "coredis":
         from ._coredis import CoredisDriver
 
         return CoredisDriver.from_settings(settings)
-    from ._redispy import RedisPyDriver
+    if choice == "redis-py":
+        if sniffio.current_async_library() == "trio":
+            raise ConfigurationError(
+                "redis-py cannot run under trio: use driver='coredis' or 'resp'"
+            )
+        from ._redispy import RedisPyDriver
 
-    return RedisPyDriver.from_settings(settings)
+        return RedisPyDriver.from_settings(settings)
+    raise ConfigurationError(f"unknown driver {choice!r}: use auto, redis-py, coredis or resp")
