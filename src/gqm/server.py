@@ -61,9 +61,10 @@ if TYPE_CHECKING:
     import ssl as _ssl
     from collections.abc import Callable
 
-    from anyio.abc import TaskStatus
+    from anyio.abc import TaskGroup, TaskStatus
 
-    from ._redis import Command
+    from ._keys import QueueKeys
+    from ._redis import Command, Driver
     from .config import GqmConfig
     from .retry import RetryPolicy
 
@@ -459,48 +460,15 @@ class Server:
             async with anyio.create_task_group() as infra:
                 await infra.start(hub.run, driver)
                 await infra.start(finisher.run)
-                infra.start_soon(
-                    lambda: renew_forever(
-                        driver, keys, self._inflight, lease_ms=lease_ms, interval=self.lease_ttl / 3
-                    )
+                self._start_background(
+                    infra,
+                    driver,
+                    queues,
+                    lease_ms=lease_ms,
+                    promote_signal=promote_signal,
+                    resolve_signal=resolve_signal,
+                    cron_signal=cron_signal,
                 )
-                infra.start_soon(
-                    lambda: reap_forever(
-                        driver,
-                        queues,
-                        interval=self.reap_interval,
-                        max_recoveries=self.max_recoveries,
-                        dead_ttl_ms=self.dead_ttl_ms,
-                        completed_ttl_ms=self.completed_ttl_ms,
-                        done_channel=keys.done_channel,
-                        keys=keys,
-                    )
-                )
-                infra.start_soon(
-                    lambda: promote_forever(
-                        driver, queues, promote_signal, poll_interval=self.poll_interval
-                    )
-                )
-                infra.start_soon(
-                    lambda: resolve_forever(
-                        driver,
-                        keys,
-                        resolve_signal,
-                        poll_interval=self.poll_interval,
-                        canceled_ttl_ms=self.dead_ttl_ms,
-                    )
-                )
-                infra.start_soon(self._heartbeat, driver)
-                if self.scheduler:
-                    infra.start_soon(
-                        lambda: cron_forever(
-                            Client._sharing(conn),
-                            keys,
-                            cron_signal,
-                            poll_interval=self.poll_interval,
-                            misfire_grace=self.misfire_grace,
-                        )
-                    )
                 if self.handle_signals:
                     await infra.start(self._watch_signals)
                 async with anyio.create_task_group() as pools:
@@ -532,6 +500,64 @@ class Server:
                 await self._deregister()
             await conn.aclose()
             log.info("server %s stopped", self.server_id)
+
+    def _start_background(
+        self,
+        infra: TaskGroup,
+        driver: Driver,
+        queues: list[QueueKeys],
+        *,
+        lease_ms: int,
+        promote_signal: Signal,
+        resolve_signal: Signal,
+        cron_signal: Signal,
+    ) -> None:
+        """Start the server-wide tasks: lease renewal, reaper, promoter, dependency
+        resolver, heartbeat and (if enabled) the cron scheduler."""
+        conn = self._conn
+        keys = conn.keys
+        infra.start_soon(
+            lambda: renew_forever(
+                driver, keys, self._inflight, lease_ms=lease_ms, interval=self.lease_ttl / 3
+            )
+        )
+        infra.start_soon(
+            lambda: reap_forever(
+                driver,
+                queues,
+                interval=self.reap_interval,
+                max_recoveries=self.max_recoveries,
+                dead_ttl_ms=self.dead_ttl_ms,
+                completed_ttl_ms=self.completed_ttl_ms,
+                done_channel=keys.done_channel,
+                keys=keys,
+            )
+        )
+        infra.start_soon(
+            lambda: promote_forever(
+                driver, queues, promote_signal, poll_interval=self.poll_interval
+            )
+        )
+        infra.start_soon(
+            lambda: resolve_forever(
+                driver,
+                keys,
+                resolve_signal,
+                poll_interval=self.poll_interval,
+                canceled_ttl_ms=self.dead_ttl_ms,
+            )
+        )
+        infra.start_soon(self._heartbeat, driver)
+        if self.scheduler:
+            infra.start_soon(
+                lambda: cron_forever(
+                    Client._sharing(conn),
+                    keys,
+                    cron_signal,
+                    poll_interval=self.poll_interval,
+                    misfire_grace=self.misfire_grace,
+                )
+            )
 
     def _on_abort(self, data: bytes) -> None:
         try:
