@@ -223,3 +223,22 @@ async def test_data_integrity_10k(
     assert await raw(client, "LLEN", q.ready) == 0
     assert await raw(client, "ZCARD", q.leases) == 0
     assert await raw(client, "HGET", q.meta, "processed") == str(n).encode()
+
+
+async def test_eviction_policy_preflight(
+    client: gqm.Client, make_server: Callable[..., gqm.Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that may evict keys is refused in strict mode and warned about by default."""
+    await raw(client, "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    try:
+        server = make_server(eviction_check="refuse")
+        server.handle("t", _value)
+        with pytest.raises(gqm.ConfigurationError, match="allkeys-lru"):
+            await server.serve()
+        server = make_server()
+        server.handle("t", _value)
+        async with serving(server):
+            pass
+        assert any("maxmemory-policy is 'allkeys-lru'" in r.getMessage() for r in caplog.records)
+    finally:
+        await raw(client, "CONFIG", "SET", "maxmemory-policy", "noeviction")

@@ -55,7 +55,7 @@ from ._scheduler import promote_forever
 from ._task import Task, check_job_type
 from ._wake import Signal, WakeHub
 from .client import Client, Connection, redis_settings
-from .errors import ConfigurationError, RedisError, ServerStateError
+from .errors import ConfigurationError, RedisError, RedisReplyError, ServerStateError
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -113,6 +113,9 @@ class Server:
         only the ones this server registered; one fire per tick across all servers).
     :param misfire_grace: seconds a cron tick may be late and still fire; later ticks
         are skipped (see :class:`CronEntry`).
+    :param eviction_check: what to do at start when Redis may evict keys (a
+        ``maxmemory-policy`` other than ``noeviction`` silently loses jobs under memory
+        pressure): ``"warn"`` (log a warning), ``"refuse"`` (raise) or ``"off"``.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class Server:
         handle_signals: bool = True,
         scheduler: bool = True,
         misfire_grace: float = 60.0,
+        eviction_check: str = "warn",
     ) -> None:
         settings = redis_settings(
             redis,
@@ -193,6 +197,9 @@ class Server:
             )
         self.misfire_grace = float(misfire_grace)
         self._cron: dict[str, CronEntry] = {}
+        if eviction_check not in ("warn", "refuse", "off"):
+            raise ConfigurationError("eviction_check must be 'warn', 'refuse' or 'off'")
+        self.eviction_check = eviction_check
         self._handlers: dict[str, HandlerSpec] = {}
         self._pool_configs: list[PoolConfig] = []
         self._middleware: list[Middleware] = []
@@ -416,6 +423,7 @@ class Server:
         keys = conn.keys
         try:
             driver = await conn.get()
+            await self._check_eviction(driver)
             await scripts.load_all(driver)
             finisher = Finisher(
                 driver, keys, completed_ttl_ms=self.completed_ttl_ms, dead_ttl_ms=self.dead_ttl_ms
@@ -558,6 +566,29 @@ class Server:
                     misfire_grace=self.misfire_grace,
                 )
             )
+
+    async def _check_eviction(self, driver: Driver) -> None:
+        """Warn about (or refuse) a Redis that may evict keys: evicted job records are
+        lost jobs, with no error anywhere."""
+        if self.eviction_check == "off":
+            return
+        try:
+            reply = await driver.execute("CONFIG", "GET", "maxmemory-policy")
+        except RedisReplyError:
+            log.info("cannot read maxmemory-policy (CONFIG is disabled); not checked")
+            return
+        values = list(reply.values()) if isinstance(reply, dict) else reply[1::2]
+        policy = values[0].decode() if values else "noeviction"
+        if policy == "noeviction":
+            return
+        message = (
+            f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may evict "
+            "job records and jobs would be lost without an error. Set it to 'noeviction' "
+            "(CONFIG SET maxmemory-policy noeviction, and in redis.conf)."
+        )
+        if self.eviction_check == "refuse":
+            raise ConfigurationError(message)
+        log.warning("%s", message)
 
     def _on_abort(self, data: bytes) -> None:
         try:
