@@ -20,6 +20,7 @@ import anyio
 from . import _scripts as scripts
 from ._finish import Finisher, FinishOp
 from ._keys import Keys, QueueKeys, check_queue_name
+from ._redis import with_fallback
 from ._runner import Claimed, PoolSettings, Runner, forget
 from ._wake import Signal, WakeHub
 from .errors import ConfigurationError, RedisError
@@ -315,13 +316,11 @@ class Pool:
         ops = [c.outcome or FinishOp(c.queue, c.job_id, c.token, "h") for c in mine]
         with anyio.move_on_after(HANDBACK_TIMEOUT, shield=True):
             try:
-                try:
-                    await self._finisher.write(ops, retry=False)
-                except (RedisError, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    # When the caller cancelled serve(), a trio (coredis) connection pool
-                    # was cancelled with it: hand back over a connection of our own.
-                    async with self._fresh_driver() as driver:
-                        await self._finisher.write(ops, retry=False, driver=driver)
+                await with_fallback(
+                    self._driver,
+                    self._fresh_driver,
+                    lambda d: self._finisher.write(ops, retry=False, driver=d),
+                )
             except Exception as err:
                 log.warning(
                     "pool %s: hand-back of %d jobs failed (%s); the reaper will recover them",

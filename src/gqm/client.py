@@ -380,24 +380,7 @@ class Client(AdminMixin):
     ) -> Job[Any]:
         parents = list(dict.fromkeys(depends_on))
         driver = await self._conn.get()
-        records: dict[str, JobRecord] = {}
-
-        async def load(ids: Sequence[str]) -> None:
-            queues = await driver.pipeline([["HGET", self.keys.ids, i] for i in ids])
-            raws = await driver.pipeline(
-                [
-                    ["HGET", self.keys.queue(q.decode()).jobs, i]
-                    for i, q in zip(ids, queues, strict=True)
-                    if q is not None
-                ]
-            )
-            found = iter(raws)
-            for i, q in zip(ids, queues, strict=True):
-                raw = next(found) if q is not None else None
-                if raw is not None:
-                    records[i] = record_decoder.decode(raw)
-
-        await load(parents)
+        records = await self._records(parents)
         unknown = [p for p in parents if p not in records]
         if unknown:
             raise DependencyError(f"unknown parent job(s): {', '.join(unknown)}")
@@ -405,7 +388,7 @@ class Client(AdminMixin):
         async def parents_of(job_id: str) -> Sequence[str]:
             found = records.get(job_id)
             if found is None:
-                await load([job_id])
+                records.update(await self._records([job_id]))
                 found = records.get(job_id)
             # Only a live job's edges can still matter: a finished parent is resolved.
             if found is None or found.status in TERMINAL_STATES:
@@ -487,24 +470,28 @@ class Client(AdminMixin):
         checks its own queue): live there, or retained there for a unique job."""
         if not records:
             return
-        driver = await self._conn.get()
-        queues = await driver.pipeline([["HGET", self.keys.ids, r.id] for r in records])
-        elsewhere = [
-            (r, q.decode())
-            for r, q in zip(records, queues, strict=True)
-            if q is not None and q.decode() != r.queue
-        ]
-        if not elsewhere:
-            return
-        raws = await driver.pipeline(
-            [["HGET", self.keys.queue(q).jobs, r.id] for r, q in elsewhere]
-        )
-        for (r, _q), raw in zip(elsewhere, raws, strict=True):
-            if raw is None:
-                continue
-            other = record_decoder.decode(raw)
+        found = await self._records([r.id for r in records])
+        for r in records:
+            other = found.get(r.id)
+            if other is None or other.queue == r.queue:
+                continue  # no job, or on the same queue: the enqueue script decides
             if r.unique or other.status not in TERMINAL_STATES:
                 raise DuplicateJobError(r.id, other.status)
+
+    async def _records(self, ids: Sequence[str]) -> dict[str, JobRecord]:
+        """The stored records of ``ids`` (looked up through the id index; ids without
+        a record are left out), in two pipelined round trips."""
+        driver = await self._conn.get()
+        queues = await driver.pipeline([["HGET", self.keys.ids, i] for i in ids])
+        indexed = [(i, q.decode()) for i, q in zip(ids, queues, strict=True) if q is not None]
+        if not indexed:
+            return {}
+        raws = await driver.pipeline([["HGET", self.keys.queue(q).jobs, i] for i, q in indexed])
+        return {
+            i: record_decoder.decode(raw)
+            for (i, _q), raw in zip(indexed, raws, strict=True)
+            if raw is not None
+        }
 
     async def _enqueue(
         self, entries: Sequence[tuple[JobRecord, Any, bytes, str, int]]

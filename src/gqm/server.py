@@ -40,6 +40,7 @@ from ._keys import check_queue_name
 from ._lease import reap_forever, renew_forever
 from ._options import DEFAULT_QUEUE, seconds
 from ._pool import Pool, PoolConfig
+from ._redis import with_fallback
 from ._runner import (
     Claimed,
     CompleteCallback,
@@ -607,11 +608,9 @@ class Server:
         ]
         with anyio.move_on_after(2, shield=True):
             try:
-                try:
-                    await (await self._conn.get()).pipeline(commands)
-                except (RedisError, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    async with self._conn.fresh() as driver:  # see Pool._hand_back
-                        await driver.pipeline(commands)
+                await with_fallback(
+                    await self._conn.get(), self._conn.fresh, lambda d: d.pipeline(commands)
+                )
             except Exception as err:
                 log.debug("could not deregister server %s: %s", self.server_id, err)
 

@@ -9,16 +9,49 @@ coredis on trio (redis-py cannot run under trio).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import sniffio
 
-from gqm.errors import ConfigurationError
+from gqm.errors import ConfigurationError, RedisError
 
 from ._protocol import Arg, Command, Driver, Subscription
 from ._settings import RedisSettings
 
-__all__ = ["Arg", "Command", "Driver", "RedisSettings", "Subscription", "open_driver"]
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
+
+__all__ = [
+    "Arg",
+    "Command",
+    "Driver",
+    "RedisSettings",
+    "Subscription",
+    "open_driver",
+    "with_fallback",
+]
+
+T = TypeVar("T")
+
+
+async def with_fallback(
+    driver: Driver,
+    fresh: Callable[[], AbstractAsyncContextManager[Driver]],
+    action: Callable[[Driver], Awaitable[T]],
+) -> T:
+    """Run ``action`` on ``driver``, or, if that connection is unusable, on a fresh one.
+
+    For the last writes of a server being cancelled: on trio the shared (coredis)
+    connection pool is cancelled together with the caller, so those writes go over a
+    connection of their own.
+    """
+    try:
+        return await action(driver)
+    except (RedisError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        async with fresh() as other:
+            return await action(other)
 
 
 def _is_redispy_client(obj: object) -> bool:
