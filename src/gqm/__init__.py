@@ -5,7 +5,7 @@ The public API is exactly ``__all__``; everything else is internal.
 
 from __future__ import annotations
 
-from ._admin import QueueInfo, ServerInfo
+from ._admin import PoolInfo, PoolStatus, QueueInfo, ServerInfo, Totals
 from ._cron_runtime import CronEntry, OverlapPolicy
 from ._dag import DagGraph, DagNode
 from ._job import ACTIVE_STATES, TERMINAL_STATES, Job, JobStatus
@@ -24,6 +24,7 @@ from .errors import (
     GqmError,
     JobFailedError,
     JobNotFoundError,
+    NotFoundError,
     PayloadTooLargeError,
     RedisConnectionError,
     RedisError,
@@ -61,9 +62,12 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "Middleware",
+    "NotFoundError",
     "OverlapPolicy",
     "PayloadTooLargeError",
     "PoolConfig",
+    "PoolInfo",
+    "PoolStatus",
     "QueueInfo",
     "RedisConnectionError",
     "RedisError",
@@ -75,6 +79,7 @@ __all__ = [
     "ServerStateError",
     "SkipRetry",
     "Task",
+    "Totals",
     "__version__",
     "load_config",
     "load_config_file",

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import _scripts as scripts
-from ._job import Job, JobStatus, record_decoder
-from .errors import ConfigurationError, JobNotFoundError
+from ._job import Job, JobStatus, record_decoder, score_ms
+from .errors import ConfigurationError, JobNotFoundError, NotFoundError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._keys import Keys, QueueKeys
-    from ._redis import Driver
+    from ._redis import Command, Driver
 
 #: Most jobs one bulk admin call (retry all, clear, empty) handles.
 ADMIN_BATCH = 1000
@@ -39,8 +41,42 @@ class QueueInfo(msgspec.Struct, kw_only=True):
     paused: bool
 
 
+class Totals(msgspec.Struct, kw_only=True):
+    """Sizes and totals summed over every queue, and the live servers and workers.
+
+    ``queues`` counts the queues, ``paused`` the paused ones; ``servers`` counts the
+    live servers and ``workers`` sums the concurrency of their pools.
+    """
+
+    queues: int
+    ready: int
+    scheduled: int
+    processing: int
+    deferred: int
+    completed: int
+    dead_letter: int
+    canceled: int
+    processed_total: int
+    failed_total: int
+    paused: int
+    servers: int
+    workers: int
+
+
+class PoolStatus(msgspec.Struct, kw_only=True):
+    """One pool of a live server, as its heartbeat reports it."""
+
+    name: str
+    queues: list[str] = msgspec.field(default_factory=list)
+    concurrency: int = 0
+    #: Jobs the pool is running right now.
+    active: int = 0
+    #: The dequeue strategy (``strict``, ``round_robin`` or ``weighted``).
+    strategy: str = ""
+
+
 class ServerInfo(msgspec.Struct, kw_only=True):
-    """A live server, from its heartbeat."""
+    """A live server, from its heartbeat (times are unix seconds)."""
 
     id: str
     host: str = ""
@@ -50,10 +86,81 @@ class ServerInfo(msgspec.Struct, kw_only=True):
     inflight: int = 0
     processed: int = 0
     failed: int = 0
-    pools: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    pools: list[PoolStatus] = msgspec.field(default_factory=list)
+
+
+class PoolInfo(msgspec.Struct, kw_only=True):
+    """One pool of workers of a live server.
+
+    ``id`` is ``"<server id>:<pool name>"``; ``heartbeat_at`` (unix seconds) is when
+    its server last reported it.
+    """
+
+    id: str
+    name: str
+    server_id: str
+    queues: list[str]
+    concurrency: int
+    active: int
+    strategy: str
+    heartbeat_at: float
 
 
 _server_decoder = msgspec.json.Decoder(ServerInfo)
+
+
+def _pools_of(server: ServerInfo) -> list[PoolInfo]:
+    return [
+        PoolInfo(
+            id=f"{server.id}:{p.name}",
+            name=p.name,
+            server_id=server.id,
+            queues=list(p.queues),
+            concurrency=p.concurrency,
+            active=p.active,
+            strategy=p.strategy,
+            heartbeat_at=server.heartbeat_at,
+        )
+        for p in server.pools
+    ]
+
+
+def _size_commands(q: QueueKeys) -> list[Command]:
+    """The commands whose replies :func:`_queue_info` reads, in its order."""
+    return [
+        ["LLEN", q.ready],
+        ["ZCARD", q.scheduled],
+        ["ZCARD", q.leases],
+        ["ZCARD", q.deferred],
+        ["ZCARD", q.completed],
+        ["ZCARD", q.dead],
+        ["ZCARD", q.canceled],
+        ["HMGET", q.meta, "processed", "failed", "paused"],
+    ]
+
+
+#: How many replies one queue's :func:`_size_commands` give.
+_SIZE_REPLIES = 8
+
+
+def _queue_info(name: str, replies: Sequence[Any]) -> QueueInfo:
+    """The QueueInfo of the replies to :func:`_size_commands`."""
+    ready, scheduled, processing, deferred, completed, dead, canceled, meta = replies
+    processed, failed, paused = meta
+    return QueueInfo(
+        name=name,
+        ready=ready,
+        scheduled=scheduled,
+        processing=processing,
+        deferred=deferred,
+        completed=completed,
+        dead_letter=dead,
+        canceled=canceled,
+        processed_total=int(processed or 0),
+        failed_total=int(failed or 0),
+        paused=paused == b"1",
+    )
+
 
 #: Where each listable status lives: (key attribute, kind, newest first).
 _INDEX = {
@@ -87,51 +194,52 @@ class AdminMixin:
         return sorted(n.decode() for n in await driver.execute("SMEMBERS", self.keys.queues))
 
     async def queues(self) -> list[QueueInfo]:
-        """Every queue's sizes and totals."""
-        return [await self.queue_info(name) for name in await self.queue_names()]
+        """Every queue's sizes and totals, in name order (one pipeline for all)."""
+        names = await self.queue_names()
+        if not names:
+            return []
+        driver = await self._driver()
+        commands: list[Command] = []
+        for name in names:
+            commands += _size_commands(self.keys.queue(name))
+        replies = await driver.pipeline(commands)
+        return [
+            _queue_info(name, replies[i * _SIZE_REPLIES : (i + 1) * _SIZE_REPLIES])
+            for i, name in enumerate(names)
+        ]
 
     async def queue_info(self, name: str) -> QueueInfo:
-        """One queue's sizes and totals (raises JobNotFoundError for an unknown queue)."""
+        """One queue's sizes and totals.
+
+        :raises NotFoundError: no queue of that name ever received a job or was served.
+        """
         driver = await self._driver()
-        q = self.keys.queue(name)
-        (
-            known,
-            ready,
-            scheduled,
-            processing,
-            deferred,
-            completed,
-            dead,
-            canceled,
-            meta,
-        ) = await driver.pipeline(
-            [
-                ["SISMEMBER", self.keys.queues, name],
-                ["LLEN", q.ready],
-                ["ZCARD", q.scheduled],
-                ["ZCARD", q.leases],
-                ["ZCARD", q.deferred],
-                ["ZCARD", q.completed],
-                ["ZCARD", q.dead],
-                ["ZCARD", q.canceled],
-                ["HMGET", q.meta, "processed", "failed", "paused"],
-            ]
+        known, *replies = await driver.pipeline(
+            [["SISMEMBER", self.keys.queues, name], *_size_commands(self.keys.queue(name))]
         )
         if not known:
-            raise JobNotFoundError(f"no queue named {name!r}")
-        processed, failed, paused = meta
-        return QueueInfo(
-            name=name,
-            ready=ready,
-            scheduled=scheduled,
-            processing=processing,
-            deferred=deferred,
-            completed=completed,
-            dead_letter=dead,
-            canceled=canceled,
-            processed_total=int(processed or 0),
-            failed_total=int(failed or 0),
-            paused=paused == b"1",
+            raise NotFoundError(f"no queue named {name!r}")
+        return _queue_info(name, replies)
+
+    async def stats(self) -> Totals:
+        """Sizes and totals summed over every queue, with the number of live servers
+        and of their workers (the sum of their pools' concurrency)."""
+        infos = await self.queues()
+        servers = await self.servers()
+        return Totals(
+            queues=len(infos),
+            ready=sum(i.ready for i in infos),
+            scheduled=sum(i.scheduled for i in infos),
+            processing=sum(i.processing for i in infos),
+            deferred=sum(i.deferred for i in infos),
+            completed=sum(i.completed for i in infos),
+            dead_letter=sum(i.dead_letter for i in infos),
+            canceled=sum(i.canceled for i in infos),
+            processed_total=sum(i.processed_total for i in infos),
+            failed_total=sum(i.failed_total for i in infos),
+            paused=sum(i.paused for i in infos),
+            servers=len(servers),
+            workers=sum(p.concurrency for s in servers for p in s.pools),
         )
 
     async def list_jobs(
@@ -167,8 +275,21 @@ class AdminMixin:
             total = await driver.execute("ZCARD", key)
             command = "ZREVRANGE" if kind == "zset-desc" else "ZRANGE"
             ids = await driver.execute(command, key, offset, offset + limit - 1)
-        raws = await driver.pipeline([["HGET", q.jobs, i] for i in ids]) if ids else []
-        jobs = [Job._from_record(record_decoder.decode(r), None) for r in raws if r is not None]
+        if attr == "leases":
+            # Each job's score in ``leases`` is its lease deadline (Redis ms).
+            commands: list[Command] = []
+            for i in ids:
+                commands += [["HGET", q.jobs, i], ["ZSCORE", q.leases, i]]
+            replies = await driver.pipeline(commands) if ids else []
+            pairs = list(zip(replies[::2], replies[1::2], strict=True))
+        else:
+            raws = await driver.pipeline([["HGET", q.jobs, i] for i in ids]) if ids else []
+            pairs = [(r, None) for r in raws]
+        jobs = [
+            Job._from_record(record_decoder.decode(r), None, lease_deadline_ms=score_ms(score))
+            for r, score in pairs
+            if r is not None
+        ]
         if attr in ("scheduled", "canceled"):
             # These indexes hold two states each.
             jobs = [j for j in jobs if j.status is wanted]
@@ -276,5 +397,37 @@ class AdminMixin:
         """Live servers (those whose heartbeat has not expired)."""
         driver = await self._driver()
         ids = await driver.execute("ZRANGE", self.keys.servers, 0, -1)
+        if not ids:
+            return []
         raws = await driver.pipeline([["GET", self.keys.server(i.decode())] for i in ids])
         return [_server_decoder.decode(r) for r in raws if r is not None]
+
+    async def server(self, server_id: str) -> ServerInfo:
+        """One live server, from its heartbeat.
+
+        :raises NotFoundError: no live server has that id (it never ran, stopped, or
+            its heartbeat expired).
+        """
+        driver = await self._driver()
+        raw = await driver.execute("GET", self.keys.server(server_id))
+        if raw is None:
+            raise NotFoundError(f"no live server {server_id!r}")
+        return _server_decoder.decode(raw)
+
+    async def workers(self) -> list[PoolInfo]:
+        """Every pool of every live server, sorted by id (``"<server id>:<pool name>"``)."""
+        return sorted(
+            (pool for server in await self.servers() for pool in _pools_of(server)),
+            key=lambda p: p.id,
+        )
+
+    async def worker(self, worker_id: str) -> PoolInfo:
+        """One pool of a live server, by its id ``"<server id>:<pool name>"``.
+
+        :raises NotFoundError: no live server has a pool of that id.
+        """
+        # Pool names may hold ":" (``handler:email``), so the id is matched whole.
+        for pool in await self.workers():
+            if pool.id == worker_id:
+                return pool
+        raise NotFoundError(f"no live pool {worker_id!r}")

@@ -92,11 +92,20 @@ def _ts(ms: int | None) -> datetime | None:
     return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
 
 
+def score_ms(reply: Any) -> int | None:
+    """A sorted-set score reply (``bytes`` on RESP2, ``float`` on RESP3, nil) holding
+    milliseconds since the epoch, as an ``int`` (None for nil)."""
+    return None if reply is None else int(float(reply))
+
+
 class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
     """A job, as handlers receive it and as :meth:`Client.get_job` returns it.
 
     ``payload`` is decoded to the task's payload type (a ``dict`` for untyped jobs).
     ``result`` is the decoded return value of the handler once the job completed.
+    ``lease_deadline`` is when the current claim's lease expires (it is renewed while the
+    job runs); it is set only for processing jobs read through :meth:`Client.get_job` or
+    :meth:`Client.list_jobs`, None otherwise (handlers see None).
     """
 
     id: str
@@ -117,6 +126,7 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
     scheduled_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    lease_deadline: datetime | None = None
     error: str | None = None
     worker_id: str | None = None
     depends_on: tuple[str, ...] = ()
@@ -125,7 +135,17 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
     result: Any = None
 
     @classmethod
-    def _from_record(cls, rec: JobRecord, payload: P, result: Any = None) -> Job[P]:
+    def _from_record(
+        cls,
+        rec: JobRecord,
+        payload: P,
+        result: Any = None,
+        *,
+        lease_deadline_ms: int | None = None,
+    ) -> Job[P]:
+        """The job of a stored record; ``lease_deadline_ms`` (the job's score in its
+        queue's ``leases`` set) is kept only while the job is processing."""
+        processing = rec.status == JobStatus.PROCESSING
         return cls(
             id=rec.id,
             type=rec.type,
@@ -145,6 +165,7 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
             scheduled_at=_ts(rec.scheduled_at),
             started_at=_ts(rec.started_at),
             completed_at=_ts(rec.completed_at),
+            lease_deadline=_ts(lease_deadline_ms) if processing else None,
             error=rec.error,
             worker_id=rec.worker_id,
             depends_on=tuple(rec.depends_on or ()),

@@ -9,7 +9,8 @@
     ├── BatchTooLargeError       more than 1000 jobs in one ``enqueue_batch``
     ├── DuplicateJobError        a job id that is already taken
     ├── DependencyError          an unknown parent, or a dependency cycle
-    ├── JobNotFoundError         no job with that id (or it has expired)
+    ├── NotFoundError            no such queue, server, pool or cron entry
+    │   └── JobNotFoundError     no job with that id (or it has expired)
     ├── JobFailedError           ``Client.result`` on a job that ended without success
     ├── ServerStateError         an operation that the server's state does not allow
     └── RedisError               a problem talking to Redis
@@ -61,7 +62,12 @@ class DependencyError(GqmError, ValueError):
     """Raised when ``depends_on`` names an unknown job or would create a cycle."""
 
 
-class JobNotFoundError(GqmError, LookupError):
+class NotFoundError(GqmError, LookupError):
+    """Raised when a queue, server, pool or cron entry does not exist (or a job: see
+    :class:`JobNotFoundError`). A server or pool exists while its heartbeat is live."""
+
+
+class JobNotFoundError(NotFoundError):
     """Raised when no job has the given id (it never existed, or its record expired)."""
 
 
