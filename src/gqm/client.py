@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl as _ssl
+import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
@@ -30,6 +31,7 @@ from ._job import (
     any_decoder,
     json_encoder,
     record_decoder,
+    score_ms,
 )
 from ._keys import Keys, QueueKeys
 from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
@@ -43,6 +45,7 @@ from .errors import (
     DuplicateJobError,
     JobFailedError,
     JobNotFoundError,
+    NotFoundError,
     SerializationError,
 )
 
@@ -549,10 +552,18 @@ class Client(AdminMixin):
         return self.keys.queue(name.decode())
 
     async def get_job(self, job_id: str) -> Job[Any]:
-        """Return the job with this id; the payload and result are decoded as JSON."""
+        """Return the job with this id; the payload and result are decoded as JSON.
+
+        A processing job has its ``lease_deadline`` set.
+        """
         q = await self._queue_of(job_id)
-        raw, payload, result = await (await self._conn.get()).pipeline(
-            [["HGET", q.jobs, job_id], ["HGET", q.payloads, job_id], ["HGET", q.results, job_id]]
+        raw, payload, result, lease = await (await self._conn.get()).pipeline(
+            [
+                ["HGET", q.jobs, job_id],
+                ["HGET", q.payloads, job_id],
+                ["HGET", q.results, job_id],
+                ["ZSCORE", q.leases, job_id],
+            ]
         )
         if raw is None:
             raise JobNotFoundError(f"no job with id {job_id!r} (its record may have expired)")
@@ -561,6 +572,7 @@ class Client(AdminMixin):
             rec,
             any_decoder.decode(payload) if payload else None,
             any_decoder.decode(result) if result else None,
+            lease_deadline_ms=score_ms(lease),
         )
 
     async def result(self, job_id: str, *, timeout: float | None = None) -> Any:
@@ -662,6 +674,18 @@ class Client(AdminMixin):
                 break
         return found
 
+    async def dag_deferred_count(self, queue: str | None = None) -> int:
+        """How many jobs wait for their parents: in ``queue``, or in every queue (the
+        total that :meth:`dag_deferred` pages through)."""
+        driver = await self._conn.get()
+        if queue is not None:
+            return int(await driver.execute("ZCARD", self.keys.queue(queue).deferred))
+        names = [n.decode() for n in await driver.execute("SMEMBERS", self.keys.queues)]
+        if not names:
+            return 0
+        counts = await driver.pipeline([["ZCARD", self.keys.queue(n).deferred] for n in names])
+        return sum(int(c) for c in counts)
+
     async def dag_graph(self, job_id: str, *, depth: int = 3, max_nodes: int = 200) -> DagGraph:
         """The jobs around ``job_id`` (parents and children, ``depth`` steps, at most
         ``max_nodes``); see :class:`~gqm._dag.DagGraph`."""
@@ -696,6 +720,16 @@ class Client(AdminMixin):
         driver = await self._conn.get()
         raws = await driver.execute("HVALS", self.keys.cron_entries)
         return sorted((stored_decoder.decode(raw) for raw in raws), key=lambda e: e.id)
+
+    async def cron_entry(self, entry_id: str) -> StoredEntry:
+        """The cron entry registered in Redis under ``entry_id``, with its enabled state.
+
+        :raises NotFoundError: there is no such entry.
+        """
+        raw = await (await self._conn.get()).execute("HGET", self.keys.cron_entries, entry_id)
+        if raw is None:
+            raise NotFoundError(f"no cron entry {entry_id!r}")
+        return stored_decoder.decode(raw)
 
     async def cron_next_run(self, entry_id: str) -> datetime | None:
         """When the entry fires next (None while disabled)."""
@@ -806,6 +840,13 @@ class Client(AdminMixin):
         q = self.keys.queue(queue)
         flag: bytes | None = await (await self._conn.get()).execute("HGET", q.meta, "paused")
         return flag == b"1"
+
+    async def ping(self) -> float:
+        """Check that Redis answers and runs gqm's scripts; returns the round trip in
+        seconds. Raises :class:`RedisError` when it does not."""
+        started = time.perf_counter()
+        await scripts.run(await self._conn.get(), scripts.script("ping"), [], [])
+        return time.perf_counter() - started
 
 
 def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobRecord:
