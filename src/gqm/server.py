@@ -79,6 +79,23 @@ DAY = 86400.0
 _HEARTBEAT_INTERVAL = 5.0
 
 
+def _web_settings(api: str | Any | None) -> Any:
+    """The API settings of ``Server(api=...)``; gqm_web is imported only when asked for."""
+    if api is None:
+        return None
+    try:
+        import gqm_web
+    except ImportError as err:
+        raise ConfigurationError(
+            f"the HTTP API needs the web extra: pip install 'gqm[web]' ({err})"
+        ) from None
+    if isinstance(api, str):
+        return gqm_web.WebSettings(addr=api)
+    if not isinstance(api, gqm_web.WebSettings):
+        raise ConfigurationError("api must be an address such as '127.0.0.1:8080' or WebSettings")
+    return api
+
+
 def _ttl_ms(value: float | timedelta, what: str) -> int:
     if isinstance(value, timedelta):
         value = value.total_seconds()
@@ -117,6 +134,10 @@ class Server:
     :param eviction_check: what to do at start when Redis may evict keys (a
         ``maxmemory-policy`` other than ``noeviction`` silently loses jobs under memory
         pressure): ``"warn"`` (log a warning), ``"refuse"`` (raise) or ``"off"``.
+    :param api: serve the HTTP API (``gqm[web]``) inside this server: an address such as
+        ``"127.0.0.1:8080"`` (no authentication, so loopback only) or a
+        ``gqm_web.WebSettings``. It starts before the pools and stops after them,
+        letting in-flight requests finish. :attr:`api_address` is the bound address.
     """
 
     def __init__(
@@ -148,6 +169,7 @@ class Server:
         scheduler: bool = True,
         misfire_grace: float = 60.0,
         eviction_check: str = "warn",
+        api: str | Any | None = None,
     ) -> None:
         settings = redis_settings(
             redis,
@@ -201,6 +223,9 @@ class Server:
         if eviction_check not in ("warn", "refuse", "off"):
             raise ConfigurationError("eviction_check must be 'warn', 'refuse' or 'off'")
         self.eviction_check = eviction_check
+        self._api_settings = _web_settings(api)
+        #: The ``(host, port)`` the API listens on, once serving (None without the API).
+        self.api_address: tuple[str, int] | None = None
         self._handlers: dict[str, HandlerSpec] = {}
         self._pool_configs: list[PoolConfig] = []
         self._middleware: list[Middleware] = []
@@ -480,6 +505,10 @@ class Server:
                 )
                 if self.handle_signals:
                     await infra.start(self._watch_signals)
+                api_stop = anyio.Event()
+                api_done = anyio.Event()
+                if self._api_settings is not None:
+                    self.api_address = await infra.start(self._serve_api, api_stop, api_done)
                 async with anyio.create_task_group() as pools:
                     self._pools_scope = pools.cancel_scope
                     for pool in self._pools:
@@ -503,12 +532,33 @@ class Server:
                         while any(p.active for p in self._pools):
                             await self._progress.current().wait()
                     pools.cancel_scope.cancel()
+                if self._api_settings is not None:
+                    api_stop.set()
+                    with anyio.move_on_after(self._api_settings.graceful_timeout + 1):
+                        await api_done.wait()
                 infra.cancel_scope.cancel()
         finally:
             if conn.is_open:
                 await self._deregister()
             await conn.aclose()
             log.info("server %s stopped", self.server_id)
+
+    async def _serve_api(
+        self,
+        stop: anyio.Event,
+        done: anyio.Event,
+        *,
+        task_status: TaskStatus[tuple[str, int]],
+    ) -> None:
+        import gqm_web
+
+        app = gqm_web.create_app(Client._sharing(self._conn), self._api_settings)
+        try:
+            await gqm_web.serve_app(
+                app, self._api_settings, shutdown_trigger=stop.wait, task_status=task_status
+            )
+        finally:
+            done.set()
 
     def _start_background(
         self,
