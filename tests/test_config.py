@@ -981,3 +981,33 @@ def test_api_config_defaults_are_safe() -> None:
     assert api.enabled is False
     assert api.rate_limit == 100
     assert api.trusted_proxies == []
+
+
+def test_monitoring_section_turns_the_api_on() -> None:
+    """``monitoring.api`` reaches the server as gqm_web settings: users only when auth is
+    enabled, API keys, rate limit, proxies, TLS files; off means no API at all."""
+    import gqm_web
+
+    hashed = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+    cfg = load(
+        f"""
+        monitoring:
+          auth:
+            enabled: true
+            session_ttl: 600
+            users: [{{username: ann, password_hash: "{hashed}", role: admin}}]
+          api:
+            enabled: true
+            addr: "0.0.0.0:9090"
+            rate_limit: 7
+            trusted_proxies: ["10.0.0.0/8"]
+            api_keys: [{{name: ci, key: "{"k" * 40}", role: viewer}}]
+        """
+    )
+    api = cfgmod.server_options(cfg).kwargs["api"]
+    assert isinstance(api, gqm_web.WebSettings)
+    assert (api.addr, api.session_ttl, api.rate_limit) == ("0.0.0.0:9090", 600, 7)
+    assert [(u.username, u.role) for u in api.users] == [("ann", "admin")]
+    assert [(k.name, k.role) for k in api.api_keys] == [("ci", "viewer")]
+    assert api.trusted_proxies == ("10.0.0.0/8",)
+    assert "api" not in cfgmod.server_options(load("monitoring: {}")).kwargs

@@ -1310,9 +1310,24 @@ def server_options(cfg: GqmConfig) -> ServerOptions:
         for i, entry in enumerate(s.cron_entries):
             path = ("scheduler", "cron_entries", i)
             cron.append(_cron_entry(entry))
+        m = cfg.monitoring
+        if m.api.enabled or m.dashboard.enabled:
+            path = ("monitoring", "api")
+            kwargs["api"] = _web_settings(m)
     except ConfigurationError as err:
         raise ConfigError([Problem(_render(path), str(err))], "<GqmConfig>") from err
     return ServerOptions(kwargs=kwargs, pools=pools, cron=cron, config=cfg)
+
+
+def _web_settings(m: MonitoringConfig) -> Any:
+    """The API settings of ``monitoring:`` (gqm_web is imported only when it is on)."""
+    try:
+        from gqm_web import WebSettings
+    except ImportError:
+        raise ConfigurationError(
+            "the API is enabled, which needs the web extra: pip install 'gqm[web]'"
+        ) from None
+    return WebSettings.from_config(m)
 
 
 def _pool_config(p: PoolConfigFile) -> PoolConfig:

@@ -16,6 +16,7 @@ import functools
 import os
 import random
 import signal
+import socket
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop by itself after this long"
     )
+    p.add_argument(
+        "--api",
+        default="127.0.0.1:8080",
+        metavar="ADDR",
+        help="serve the HTTP API here, loopback only, without login (default: %(default)s, "
+        "a free port if it is taken; 'off' to disable; needs gqm[web])",
+    )
     add_run_options(p, log_level="warning")
     p.set_defaults(func=cmd_dev)
 
@@ -70,7 +78,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             url = _start(embedded)
             assert embedded.process is not None
             say(f"started a private redis-server (pid {embedded.process.pid}) at {url}")
-        run = functools.partial(run_app, url, args.prefix, args.duration)
+        run = functools.partial(run_app, url, args.prefix, args.duration, _api_address(args.api))
         anyio.run(run, backend=args.backend)
     except KeyboardInterrupt:  # before the app listens for signals itself
         say("interrupted")
@@ -79,6 +87,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
             embedded.stop()
             say("private redis-server stopped")
     return OK
+
+
+def _api_address(api: str) -> str | None:
+    """The API address to use: None when off or when gqm[web] is not installed, and a
+    free port when the asked one is taken (dev should start anyway)."""
+    if api == "off":
+        return None
+    try:
+        import gqm_web  # noqa: F401
+    except ImportError:
+        say("HTTP API off: install gqm[web] to get it")
+        return None
+    host, _, port = api.rpartition(":")
+    try:
+        with socket.create_server((host or "127.0.0.1", int(port))):
+            pass
+    except OSError as err:
+        say(f"cannot listen on {api} ({err.strerror}): using a free port instead")
+        return f"{host or '127.0.0.1'}:0"
+    except ValueError:
+        raise CliError(f"invalid --api address {api!r}: use host:port") from None
+    return api
 
 
 def _start(embedded: EmbeddedRedis) -> str:
@@ -136,9 +166,10 @@ class Reporter:
         return time.monotonic() - self.started
 
 
-def build_server(url: str, prefix: str, report: Reporter) -> gqm.Server:
+def build_server(url: str, prefix: str, report: Reporter, api: str | None = None) -> gqm.Server:
     server = gqm.Server(
         url,
+        api=api,
         prefix=prefix,
         concurrency=10,
         grace_period=5,
@@ -221,10 +252,10 @@ async def _every(interval: float, make: Callable[[], Awaitable[None]]) -> None:
         await anyio.sleep(interval)
 
 
-async def run_app(url: str, prefix: str, duration: float | None) -> None:
+async def run_app(url: str, prefix: str, duration: float | None, api: str | None = None) -> None:
     async with gqm.Client(url, prefix=prefix) as client:
         report = Reporter(client)
-        server = build_server(url, prefix, report)
+        server = build_server(url, prefix, report, api)
         served = anyio.Event()
 
         async def serve(*, task_status: TaskStatus[None]) -> None:
@@ -240,6 +271,11 @@ async def run_app(url: str, prefix: str, duration: float | None) -> None:
                     f"serving example jobs (prefix {prefix}); inspect them with: "
                     f"gqm queues --redis {url} --prefix {prefix}"
                 )
+                if server.api_address is not None:
+                    host, port = server.api_address
+                    say(
+                        f"HTTP API: http://{host}:{port}/api/v1/queues (try /health, /api/v1/stats)"
+                    )
                 say(f"Ctrl+C to stop{f' (or wait {duration:g} s)' if duration else ''}")
                 async with anyio.create_task_group() as producers:
                     producers.start_soon(produce, client)
