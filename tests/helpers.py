@@ -13,6 +13,8 @@ from gqm import _scripts as scripts
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    import pytest
+
 
 @asynccontextmanager
 async def serving(server: gqm.Server) -> AsyncIterator[gqm.Server]:
@@ -56,3 +58,33 @@ class Gate:
         if len(self.started) >= self.expected:
             self.all_started.set()
         await self.release.wait()
+
+
+class _SignalsPipelines:
+    """A driver stand-in that sets ``done`` after each pipeline it forwards."""
+
+    def __init__(self, driver: Any, done: anyio.Event) -> None:
+        self._driver = driver
+        self._done = done
+
+    async def pipeline(self, commands: Any) -> Any:
+        try:
+            return await self._driver.pipeline(commands)
+        finally:
+            self._done.set()
+
+
+@asynccontextmanager
+async def serving_after_heartbeat(
+    server: gqm.Server, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[gqm.Server]:
+    """Serve ``server`` (as ``serving``) and enter the body once its first heartbeat has
+    been written, so that it shows among the live servers."""
+    beat = anyio.Event()
+    heartbeat = server._heartbeat
+    monkeypatch.setattr(
+        server, "_heartbeat", lambda driver: heartbeat(_SignalsPipelines(driver, beat))
+    )
+    async with serving(server):
+        await beat.wait()
+        yield server

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 import pytest
 
@@ -15,10 +13,10 @@ import gqm
 from gqm import _scripts as scripts
 from gqm._cron_runtime import register as register_cron
 
-from .helpers import Gate, raw, run_script, serving
+from .helpers import Gate, raw, run_script, serving_after_heartbeat
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.anyio
 
@@ -51,36 +49,6 @@ async def _claim(client: gqm.Client, queue: str, count: int) -> list[tuple[str, 
         client, "claim", scripts.claim_keys(q, attempt), [count, 30000, "w", attempt]
     )
     return [(reply[i].decode(), reply[i + 1]) for i in range(0, len(reply), 4)]
-
-
-class _SignalsPipelines:
-    """A driver stand-in that sets ``done`` after each pipeline it forwards."""
-
-    def __init__(self, driver: Any, done: anyio.Event) -> None:
-        self._driver = driver
-        self._done = done
-
-    async def pipeline(self, commands: Any) -> Any:
-        try:
-            return await self._driver.pipeline(commands)
-        finally:
-            self._done.set()
-
-
-@asynccontextmanager
-async def serving_after_heartbeat(
-    server: gqm.Server, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[gqm.Server]:
-    """Serve ``server`` (as ``serving``) and enter the body once its first heartbeat has
-    been written, so that it shows among the live servers."""
-    beat = anyio.Event()
-    heartbeat = server._heartbeat
-    monkeypatch.setattr(
-        server, "_heartbeat", lambda driver: heartbeat(_SignalsPipelines(driver, beat))
-    )
-    async with serving(server):
-        await beat.wait()
-        yield server
 
 
 async def test_queue_info_and_listing(client: gqm.Client) -> None:

@@ -102,10 +102,16 @@ async def running_api(
     web_settings: gqm_web.WebSettings | None = None,
     *,
     clock: Callable[[], float] | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> AsyncIterator[Api]:
-    """Serve the API over ``client`` for the body of the ``async with``."""
+    """Serve the API over ``client`` for the body of the ``async with`` (``clock`` and
+    ``monotonic`` replace the app's wall clock and rate-limiter clock)."""
     web_settings = web_settings or settings()
-    kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+    kwargs: dict[str, Any] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    if monotonic is not None:
+        kwargs["monotonic"] = monotonic
     app = gqm_web.create_app(client, web_settings, **kwargs)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

@@ -224,7 +224,7 @@ class Server:
             raise ConfigurationError("eviction_check must be 'warn', 'refuse' or 'off'")
         self.eviction_check = eviction_check
         self._api_settings = _web_settings(api)
-        #: The ``(host, port)`` the API listens on, once serving (None without the API).
+        #: The ``(host, port)`` the API listens on while serving (None without the API).
         self.api_address: tuple[str, int] | None = None
         self._handlers: dict[str, HandlerSpec] = {}
         self._pool_configs: list[PoolConfig] = []
@@ -538,6 +538,7 @@ class Server:
                         await api_done.wait()
                 infra.cancel_scope.cancel()
         finally:
+            self.api_address = None
             if conn.is_open:
                 await self._deregister()
             await conn.aclose()

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 
 import sniffio
 
-from gqm import DagGraph, NotFoundError, PoolInfo, QueueInfo, ServerInfo, Totals
+from gqm import (
+    TERMINAL_STATES,
+    DagGraph,
+    NotFoundError,
+    PoolInfo,
+    QueueInfo,
+    ServerInfo,
+    Totals,
+)
 
 from ._errors import ApiError, Code
 from ._routing import Access, route
@@ -197,6 +205,11 @@ async def retry_job(web: Web, id: str) -> Envelope[JobOutcome]:
 )
 async def cancel_job(web: Web, id: str) -> Envelope[JobOutcome]:
     """Cancel a waiting job, or stop a running one (409 when it already finished)."""
+    # ``abort`` answers "canceled" both when it cancels the job and when the job had been
+    # canceled before, so a finished job is told apart by its status first.
+    status = (await web.client.get_job(id)).status
+    if status in TERMINAL_STATES:
+        raise ApiError(Code.CONFLICT, f"job {id!r} already ended as {status}")
     outcome = await web.client.abort(id, reason="canceled from the API")
     if outcome not in ("canceled", "signalled"):
         raise ApiError(Code.CONFLICT, f"job {id!r} already ended as {outcome}")

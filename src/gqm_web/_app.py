@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from functools import cache
@@ -79,12 +80,14 @@ def create_app(
     *,
     backend: str | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Quart:
     """Build the API app over ``client`` (which must stay open while it serves).
 
     :param backend: ``"asyncio"`` (a Quart app) or ``"trio"`` (a QuartTrio app); by
         default the running async library, else asyncio.
     :param clock: wall-clock time for session expiry (tests inject their own).
+    :param monotonic: the rate limiter's clock (likewise).
     """
     settings = settings or WebSettings()
     if backend is None:
@@ -110,7 +113,7 @@ def create_app(
         client=client,
         settings=settings,
         auth=Authenticator(settings, client, clock),
-        limiter=RateLimiter(settings.rate_limit),
+        limiter=RateLimiter(settings.rate_limit, clock=monotonic),
         addresses=ClientAddress(settings.trusted_proxies),
         clock=clock,
     )
@@ -138,6 +141,11 @@ async def _before_request() -> None:
 
 async def _after_request(response: Response) -> Response:
     add_security_headers(response.headers, request.path, tls=current_web().settings.tls)
+    # Receive whatever request body the view did not read (a refusal before the body,
+    # a route that takes none): answered early, hypercorn drops the keep-alive
+    # connection, and on trio the response was sometimes never delivered.
+    with contextlib.suppress(HTTPException):  # too large (413) or too slow: that stands
+        await request.get_data(cache=False)
     return response
 
 

@@ -171,9 +171,8 @@ class Authenticator:
             f"{self._attempts_prefix}ip:{client_ip}",
         ]
         driver = await self._driver()
-        per_user, per_ip = await scripts.run(
-            driver, scripts.script("web_throttle"), counters, [window_ms]
-        )
+        throttle = scripts.script("web_throttle")
+        per_user, per_ip = await scripts.run(driver, throttle, counters, [window_ms, "count"])
         if (
             per_user > self.settings.login_attempts_per_user
             or per_ip > self.settings.login_attempts_per_ip
@@ -190,7 +189,7 @@ class Authenticator:
         )
         if user is None or not verified:
             raise ApiError(Code.UNAUTHORIZED, "invalid username or password")
-        await driver.pipeline([["DECR", c] for c in counters])
+        await scripts.run(driver, throttle, counters, [window_ms, "refund"])
         if self._hasher.check_needs_rehash(stored):
             await self._rehash(user, password)
         token = secrets.token_urlsafe(32)  # 256 bits from the OS CSPRNG

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._routing import Access
-from ._types import Envelope, ErrorBody
+from ._types import Envelope, ErrorBody, QueueName
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,13 +60,20 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     return out
 
 
+def _names_a_queue(route: Route) -> bool:
+    """Whether a query parameter names a queue (an unknown one is a 404, like a path's)."""
+    if route.query is None:
+        return False
+    return any(_strip_none(f.type) == QueueName for f in msgspec.structs.fields(route.query))
+
+
 def _error_statuses(route: Route) -> list[int]:
     statuses = {405, 503}
     if route.path != "/health":
         statuses.add(429)
     if route.params or route.query or route.body:
         statuses.add(400)
-    if route.params:
+    if route.params or _names_a_queue(route):
         statuses.add(404)
     if route.body is not None:
         statuses |= {413, 415}

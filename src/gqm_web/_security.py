@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from ._errors import ApiError, Code
+from ._settings import is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -152,3 +153,24 @@ def check_csrf(headers: HeaderLookup, own_host: str) -> None:
             Code.CSRF_REQUIRED, f"changes need the header {CSRF_HEADER}: 1 (or an API key)"
         )
     check_same_origin(headers, own_host)
+
+
+def check_loopback_host(own_host: str) -> None:
+    """Refuse a request not addressed to a loopback host (its ``Host`` header).
+
+    Without users or API keys every caller is an admin, which is safe only because the
+    API then listens on loopback. A web page can still reach it by DNS rebinding (its
+    own name re-pointed at 127.0.0.1): the browser then sends the page's name as
+    ``Host`` and a matching ``Origin``, so the same-origin checks pass. Such a request
+    never names a loopback host.
+    """
+    try:
+        hostname = urlsplit(f"//{own_host}").hostname
+    except ValueError:
+        hostname = None
+    if hostname is None or not is_loopback(hostname):
+        raise ApiError(
+            Code.FORBIDDEN,
+            "without authentication the API answers only requests addressed to a loopback "
+            "host (such as 127.0.0.1 or localhost)",
+        )

@@ -25,7 +25,8 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
-    """A key for ``X-API-Key``. Only its SHA-256 digest is kept once the app is built."""
+    """A key for ``X-API-Key``. Requests are checked against its SHA-256 digest, and
+    nothing of it is written to Redis (revocations are listed by digest)."""
 
     name: str
     key: str

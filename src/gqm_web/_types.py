@@ -18,12 +18,29 @@ from ._errors import Code
 
 T = TypeVar("T")
 
-QueueName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$", description="A queue name.")]
-JobId = Annotated[str, Meta(pattern=r"^\S{1,256}$", description="A job id.")]
-EntryId = Annotated[str, Meta(pattern=r"^\S{1,256}$", description="A cron entry id.")]
-ServerId = Annotated[str, Meta(pattern=r"^\S{1,256}$", description="A server id.")]
+#: The end of a pattern. Python's ``$`` also matches just before a final newline, so
+#: ``"q\n"`` would pass ``^...$``; the lookahead refuses that (in the ECMA regexes of
+#: JSON Schema ``$`` only matches at the end, and the lookahead changes nothing).
+_END = r"$(?!\n)"
+#: A character of an id: not whitespace (Python's ``str.isspace``) and not a C0/C1
+#: control character. Spelled out rather than written with ``\s``, which means other
+#: characters in the ECMA regexes of JSON Schema than in Python's ``re``.
+_ID_CHAR = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+QueueName = Annotated[
+    str, Meta(pattern=rf"^[A-Za-z0-9._:-]{{1,128}}{_END}", description="A queue name.")
+]
+JobId = Annotated[str, Meta(pattern=rf"^{_ID_CHAR}{{1,256}}{_END}", description="A job id.")]
+EntryId = Annotated[
+    str, Meta(pattern=rf"^{_ID_CHAR}{{1,256}}{_END}", description="A cron entry id.")
+]
+ServerId = Annotated[str, Meta(pattern=rf"^{_ID_CHAR}{{1,256}}{_END}", description="A server id.")]
 WorkerId = Annotated[
-    str, Meta(pattern=r"^\S{1,512}$", description="A pool id: '<server id>:<pool name>'.")
+    str,
+    Meta(
+        pattern=rf"^{_ID_CHAR}{{1,512}}{_END}",
+        description="A pool id: '<server id>:<pool name>'.",
+    ),
 ]
 Page = Annotated[int, Meta(ge=1, le=10_000, description="1-based page number.")]
 Limit = Annotated[int, Meta(ge=1, le=100, description="Items per page.")]

@@ -13,7 +13,7 @@ from gqm.errors import ConfigurationError, NotFoundError, RedisError
 
 from ._errors import ApiError, Code
 from ._routing import ROUTES, Access, Route, convert_param, convert_query, decode_body
-from ._security import check_csrf, check_same_origin
+from ._security import check_csrf, check_loopback_host, check_same_origin
 from ._types import Envelope, ErrorBody
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ async def guard(web: Web, route: Route) -> Principal | None:
         if route.mutating:
             check_same_origin(request.headers, request.host)
         return None
+    if not web.settings.auth_enabled:
+        check_loopback_host(request.host)
     principal = await web.auth.authenticate(request.headers, request.cookies.get(cookie_name(web)))
     if principal is None:
         raise ApiError(Code.UNAUTHORIZED, "authentication required: log in or send X-API-Key")
@@ -70,16 +72,16 @@ def make_view(route: Route) -> Callable[..., Awaitable[Response]]:
 
     async def view(**path: str) -> Response:
         web = current_web()
-        g.principal = await guard(web, route)
-        kwargs: dict[str, Any] = {
-            name: convert_param(name, path[name], type_) for name, type_ in route.params.items()
-        }
-        if route.query is not None:
-            kwargs["query"] = convert_query(request.args.to_dict(), route.query)
-        if route.body is not None:
-            raw = await request.get_data(cache=False, as_text=False)
-            kwargs["body"] = decode_body(raw, request.headers.get("Content-Type"), route.body)
         try:
+            g.principal = await guard(web, route)
+            kwargs: dict[str, Any] = {
+                name: convert_param(name, path[name], type_) for name, type_ in route.params.items()
+            }
+            if route.query is not None:
+                kwargs["query"] = convert_query(request.args.to_dict(), route.query)
+            if route.body is not None:
+                raw = await request.get_data(cache=False, as_text=False)
+                kwargs["body"] = decode_body(raw, request.headers.get("Content-Type"), route.body)
             result = await route.endpoint(web, **kwargs)
         except NotFoundError as err:
             raise ApiError(Code.NOT_FOUND, str(err)) from None
