@@ -795,6 +795,8 @@ def test_template_examples_validate_when_uncommented() -> None:
 def test_server_options_mapping() -> None:
     """app and scheduler keys become Server keywords under the port's names."""
     opts = server_options(load_config_file(DATA / "full.yaml", env={}))
+    api = opts.kwargs.pop("api")  # monitoring.api: see test_monitoring_section_turns_the_api_on
+    assert (api.addr, api.rate_limit) == ("0.0.0.0:9090", 50)
     assert opts.kwargs == {
         "redis": "rediss://worker:p%40ss%20word@redis.internal:6380/2",
         "prefix": "myapp",
