@@ -159,7 +159,7 @@ class RedisPyDriver:
             yield _RedisPySubscription(pubsub, early)
         finally:
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def open(self) -> None:
         """Nothing to do: redis-py connects lazily and needs no owning task."""
