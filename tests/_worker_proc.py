@@ -220,14 +220,15 @@ class WorkerProcess:
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    args: Sequence[str], *, stderr_path: Path, name: str = "w"
+    args: Sequence[str], *, stderr_path: Path, name: str = "w", script: Path = SCRIPT
 ) -> AsyncIterator[WorkerProcess]:
-    """Run the worker script with ``args``; on exit it is SIGKILLed if still running and
+    """Run the worker script (this file, or another ``script`` that speaks the same
+    stdout protocol) with ``args``; on exit it is SIGKILLed if still running and
     reaped. Its stdout is read in the background; stderr goes to ``stderr_path``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with stderr_path.open("ab") as err:
         process = await anyio.open_process(
-            [sys.executable, "-P", str(SCRIPT), *args],
+            [sys.executable, "-P", str(script), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
