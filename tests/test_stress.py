@@ -26,6 +26,7 @@ import sniffio
 import gqm
 
 from .helpers import raw, serving
+from .invariants import assert_invariants
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -122,15 +123,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
         raise AssertionError(f"timed out after {timeout:g}s waiting for {what}") from None
 
 
-async def assert_invariants_if_available(client: gqm.Client) -> None:
-    """Run the shared SCAN-based invariant checker (``tests/invariants.py``)."""
-    try:
-        from .invariants import assert_invariants
-    except ImportError:  # not committed yet
-        return
-    await assert_invariants(client)
-
-
 async def assert_drained(client: gqm.Client, queue: str) -> None:
     """Nothing of ``queue`` is waiting, leased or scheduled any more."""
     q = client.keys.queue(queue)
@@ -206,7 +198,7 @@ async def test_data_integrity_10_producers(
     assert await raw(client, "ZCARD", q.completed) == n
     assert await raw(client, "HGET", q.meta, "processed") == str(n).encode()
     await assert_drained(client, "default")
-    await assert_invariants_if_available(client)
+    await assert_invariants(client, drained=True)
     report(
         "DataIntegrity",
         jobs=n,
@@ -259,7 +251,7 @@ async def test_sustained_load(
         drain = anyio.current_time() - stopped
     counted.assert_exactly_once(ids)
     await assert_drained(client, "default")
-    await assert_invariants_if_available(client)
+    await assert_invariants(client, drained=True)
     report(
         "SustainedLoad",
         jobs=len(ids),
@@ -300,6 +292,7 @@ async def test_burst_drain(client: gqm.Client, make_server: Callable[..., gqm.Se
     counted.assert_exactly_once(ids)
     assert await raw(client, "ZCARD", client.keys.queue("default").completed) == n
     await assert_drained(client, "default")
+    await assert_invariants(client, drained=True)
     report(
         "BurstDrain",
         jobs=n,
@@ -354,6 +347,7 @@ async def test_high_concurrency(client: gqm.Client, make_server: Callable[..., g
             [i for i in range(n) if names[i % 3] == name]
         )
         await assert_drained(client, name)
+    await assert_invariants(client, drained=True)
     report(
         "HighConcurrency",
         jobs=n,
@@ -439,7 +433,7 @@ async def test_mixed_workload(client: gqm.Client, make_server: Callable[..., gqm
     assert await raw(client, "ZCARD", q.completed) == 2 * each
     assert await raw(client, "ZCARD", q.dead) == 2 * each
     await assert_drained(client, "default")
-    await assert_invariants_if_available(client)
+    await assert_invariants(client, drained=True)
     report(
         "MixedWorkload",
         jobs=4 * each,
@@ -489,7 +483,7 @@ async def test_retry_storm(client: gqm.Client, make_server: Callable[..., gqm.Se
         assert stored.error == "ValueError: attempt 4 fails"
     assert await raw(client, "HGET", q.meta, "failed") == str(4 * n).encode()
     await assert_drained(client, "default")
-    await assert_invariants_if_available(client)
+    await assert_invariants(client, drained=True)
     report(
         "RetryStorm",
         jobs=n,
@@ -548,7 +542,7 @@ async def test_graceful_shutdown_under_load(
     counted.assert_exactly_once([j.id for j in jobs])
     assert await raw(client, "ZCARD", q.completed) == n
     await assert_drained(client, "default")
-    await assert_invariants_if_available(client)
+    await assert_invariants(client, drained=True)
     report(
         "GracefulShutdown",
         jobs=n,
@@ -617,6 +611,7 @@ async def test_backpressure(
     assert ping_latency, "the probe never ran"
     assert depth_max > 0
     await assert_drained(client, "default")
+    await assert_invariants(client, drained=True)
     report(
         "Backpressure",
         seconds=duration,
@@ -671,6 +666,6 @@ async def test_large_payloads(client: gqm.Client, make_server: Callable[..., gqm
         assert stored.status is gqm.JobStatus.COMPLETED
         assert stored.result == sent[job_id]
         assert len(stored.payload["blob"]) == sizes[job_id]
-    await assert_invariants_if_available(client)
+    await assert_invariants(client, drained=True)
     megabytes = sum(sizes.values()) / 1e6
     report("LargePayload", jobs=2 * per_size, megabytes=megabytes, mb_per_s=megabytes / elapsed)
