@@ -15,9 +15,9 @@ given, with a handler whose behaviour comes from the payload (a dict, every key 
     SIGKILL this very process while ``job.recoveries < kill`` (a poison pill: with
     ``kill > max_recoveries`` the reaper dead-letters it).
 ``a1``
-    on attempt 1 only, after ``sleep``: ``"complete"`` (return), ``"fail"`` (raise),
-    ``"dead"`` (raise :class:`gqm.SkipRetry`) or ``"block"`` (wait for ever). Later
-    attempts complete. Used by the zombie-fencing test.
+    on attempt 1 only, after ``sleep`` and then ``a1_sleep`` seconds: ``"complete"``
+    (return), ``"fail"`` (raise), ``"dead"`` (raise :class:`gqm.SkipRetry`) or
+    ``"block"`` (wait for ever). Later attempts complete. Used by the zombie-fencing test.
 ``block``
     wait for ever (cancelled only by a shutdown, a lost lease or a timeout).
 
@@ -115,6 +115,7 @@ async def _serve(args: argparse.Namespace) -> None:
             raise RuntimeError(f"planned failure {job.retry_count + 1}")
         first = spec.get("a1")
         if first and job.attempt == 1:
+            await anyio.sleep(float(spec.get("a1_sleep", 0)))
             if first == "fail":
                 raise RuntimeError("planned failure on attempt 1")
             if first == "dead":
