@@ -19,13 +19,17 @@ What it knows comes from ``gqm._keys`` and the Lua scripts:
   terminal ones), and a deferred job has pending parents, no other job has;
 * the global id index (``ids``) names the queue of every live job. An index entry whose
   job is gone is harmless by design (DESIGN §4) and is never reported; a terminal record
-  may have lost its entry to a newer job with the same id on another queue;
-* a job id is held (live, or retained as a unique job) by one queue only. gqm keeps no
-  separate unique-lock keys: the retained record *is* the lock (``unique=True``), so a
-  "ghost lock" shows up as an id held twice, or as a record nothing can finish;
-* DAG: a dependents list belongs to an existing parent and names children that depend
-  on it; with ``drained=True`` every pending parent of a deferred job is live and lists
-  the child (else the child is stuck: no outcome is on its way);
+  may have lost its entry to a newer job with the same id on another queue (whose sweep
+  then drops the entry), so finished jobs are not checked;
+* a job id is held by one queue only, as the client enforces: two records of one id (on
+  two queues) may coexist only when at most one is live, at most one is unique and no
+  live one is unique. gqm keeps no separate unique-lock keys: the retained record *is*
+  the lock (``unique=True``), so a "ghost lock" shows up as an id held twice, or as a
+  record nothing can finish (reported by the state checks);
+* DAG: a dependents list belongs to an existing parent (its children may be gone, or
+  their ids reused: announcing to them is harmless); with ``drained=True`` every
+  pending parent of a deferred job is live and lists the child (else the child is
+  stuck: no outcome is on its way);
 * claim memos (``{q}:claim:<attempt>``) expire; cron state is consistent;
 * with ``drained=True``: every outbox (per queue, and the cron outbox / taken set) is
   empty.
@@ -326,15 +330,6 @@ def _check_dag(
             if not isinstance(children, list):
                 out.append(f"[{KIND_DAG}] {where}: dependents list of {parent} does not decode")
                 continue
-            for entry in children:
-                child_id, child_queue = _s(entry[0]), _s(entry[1])
-                child = record(child_queue, child_id)
-                # A child may be gone (deleted, swept after it finished): harmless.
-                if child is not None and parent not in (child.get("depends_on") or ()):
-                    out.append(
-                        f"[{KIND_DAG}] {where}: {parent} lists child {child_id} "
-                        f"({child_queue}), which does not depend on it"
-                    )
         if not drained:
             continue
         for job_id, rec in sorted(data.jobs.items()):
@@ -401,17 +396,26 @@ async def find_violations(
         if _s(cursor) == "0":
             break
     read = {n: await _read_queue(client, driver, n, memo_keys.get(n, []), out) for n in names}
-    # One id, one holder: live jobs and retained unique jobs keep their id taken.
-    holders: dict[str, list[str]] = {}
-    for name, data in read.items():
+    # One id, one holder. The client refuses an id that another queue holds live, and a
+    # unique enqueue of an id held anywhere; a non-unique job may reuse the id of a
+    # finished one (unique or not). So two records of one id may coexist only if at most
+    # one is live, at most one is unique, and a live one is not unique.
+    holders: dict[str, list[dict[str, Any]]] = {}
+    for data in read.values():
         for job_id, rec in data.jobs.items():
-            if rec.get("status") not in TERMINAL or rec.get("unique"):
-                holders.setdefault(job_id, []).append(name)
-    twice = {j for j, holding in holders.items() if len(holding) > 1}
+            holders.setdefault(job_id, []).append(rec)
+    twice: set[str] = set()
+    for job_id, recs in holders.items():
+        if len(recs) < 2:
+            continue
+        live = [r for r in recs if r.get("status") not in TERMINAL]
+        unique = [r for r in recs if r.get("unique")]
+        if len(live) > 1 or len(unique) > 1 or any(r.get("unique") for r in live):
+            twice.add(job_id)
     for job_id in sorted(twice):
         out.append(
             f"[{KIND_ID_TWICE}] job id {job_id} is held by queues "
-            + ", ".join(repr(n) for n in sorted(holders[job_id]))
+            + ", ".join(sorted(repr(r.get("queue")) for r in holders[job_id]))
         )
     for name, data in read.items():
         _check_queue(data, ids, twice, out)
@@ -420,11 +424,7 @@ async def find_violations(
             out.append(f"[{KIND_STRAY_KEY}] queue {name!r} has jobs but is not registered")
     # Records on queues not read (a filtered check) that the DAG checks look at.
     wanted: list[tuple[str, str]] = []
-    for data in read.values():
-        for children in data.dependents.values():
-            for entry in children if isinstance(children, list) else ():
-                if _s(entry[1]) not in read:
-                    wanted.append((_s(entry[1]), _s(entry[0])))
+    for data in read.values() if drained else ():
         for rec in data.jobs.values():
             for parent in rec.get("pending") or ():
                 pq = ids.get(parent)
@@ -447,27 +447,6 @@ async def find_violations(
             if deps is not None:
                 other.dependents[j] = _decode_any.decode(deps)
     _check_dag(read, others, ids, drained, out)
-    # A terminal record whose id index entry is gone while no other queue took the id
-    # would be unreachable by id (a lookup fails) until it is swept.
-    missing = [
-        (name, job_id)
-        for name, data in read.items()
-        for job_id, rec in data.jobs.items()
-        if rec.get("status") in TERMINAL and ids.get(job_id) != name
-    ]
-    if missing:
-        elsewhere = await driver.pipeline(
-            [
-                ["HEXISTS", keys.queue(ids[j]).jobs, j] if j in ids else ["EXISTS", keys.ids]
-                for _n, j in missing
-            ]
-        )
-        for (name, job_id), there in zip(missing, elsewhere, strict=True):
-            if job_id not in ids or not there:
-                out.append(
-                    f"[{KIND_ID_INDEX}] queue {name!r}: finished job {job_id} cannot be "
-                    "found by id (no id index entry, and no other queue holds the id)"
-                )
     if drained:
         for name, data in sorted(read.items()):
             if data.outbox:

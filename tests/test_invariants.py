@@ -218,6 +218,28 @@ async def test_orphan_unique_key(client: gqm.Client) -> None:
     assert "'default', 'other'" in found[0]
 
 
+async def test_id_reuse_after_a_unique_job_is_legal(client: gqm.Client) -> None:
+    """A non-unique job may take the id of a finished unique job on another queue (the
+    client allows it): two records of one id, not reported. Checking one queue only
+    (``queues=``) reads the other queue's records it needs."""
+    await client.enqueue("t", None, job_id="u-3", unique=True)
+    (token,) = (await _claim(client, "default")).values()
+    q = client.keys.queue("default")
+    args = [-1, -1, client.keys.done_channel, q.wake, "u-3", token, "c", b"", 0, 0]
+    await run_script(client, "finish", scripts.finish_keys(q), args)
+    reused = await client.enqueue("t", None, job_id="u-3", queue="other")
+    assert reused.status is gqm.JobStatus.READY
+    with pytest.raises(gqm.DuplicateJobError):
+        await client.enqueue("t", None, job_id="u-3", queue="default", unique=True)
+    assert await inv.find_violations(client, drained=True) == []
+    child = await client.enqueue("t", None, queue="kids", depends_on=["u-3"])
+    assert await inv.find_violations(client, queues=["kids"], drained=True) == []
+    await raw(client, "HDEL", client.keys.queue("other").dependents, "u-3")
+    found = await inv.find_violations(client, queues=["kids"], drained=True)
+    assert inv.kinds(found) == {inv.KIND_DAG}, found
+    assert child.id in found[0]
+
+
 async def test_live_job_missing_from_id_index(client: gqm.Client) -> None:
     """A live job that cannot be looked up by id is reported; a stale index entry (job
     gone) is harmless by design and is not."""
