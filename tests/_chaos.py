@@ -153,6 +153,18 @@ class Fleet:
         victim.kill()
         return victim
 
+    async def kill_all(self, *, timeout: float) -> None:
+        """SIGKILL every process and restart none (every instance down at once)."""
+        self.stopping = True
+        for w in self.current:
+            if w is not None and w.returncode is None:
+                self.killed.add(w.pid)
+                w.kill()
+        with anyio.move_on_after(timeout):
+            await self._done.wait()
+            return
+        raise AssertionError(f"fleet {self.name} did not die within {timeout}s")
+
     async def stop(self, *, timeout: float) -> None:
         """SIGTERM every process (graceful drain) and wait until every slot is done."""
         self.stopping = True

@@ -26,7 +26,8 @@ Each execution appends ``<tag> <job id> <attempt> <retry_count> <recoveries>`` t
 executions are counted outside gqm's keys. The handler returns the tag as its result.
 
 ``--cron-every-second ID`` also registers a cron entry ``ID`` firing ``chaos.cron`` every
-second (the cron test runs several such processes: one fire per tick among them);
+second (overlap policy ``--cron-overlap``, default ``allow``; the cron test runs several
+such processes: one fire per tick among them);
 ``chaos.cron`` jobs log the same line and return at once. ``--skew S`` shifts this
 process's wall clock (``time.time`` and ``time.time_ns``) by ``S`` seconds before gqm is
 imported: gqm must take every time that matters from Redis.
@@ -69,6 +70,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-recoveries", type=int, default=None)
     p.add_argument("--no-scheduler", action="store_true")
     p.add_argument("--cron-every-second", default=None, metavar="ENTRY_ID")
+    p.add_argument("--cron-overlap", default="allow", choices=["skip", "allow", "replace"])
     p.add_argument("--skew", type=float, default=0.0)
     return p.parse_args(argv)
 
@@ -133,7 +135,11 @@ async def _serve(args: argparse.Namespace) -> None:
         server.pool(gqm.PoolConfig("cron", job_types=(CRON_TYPE,), queues=("cron",), concurrency=2))
         server.schedule(
             gqm.CronEntry(
-                id=args.cron_every_second, cron_expr="* * * * * *", job_type=CRON_TYPE, queue="cron"
+                id=args.cron_every_second,
+                cron_expr="* * * * * *",
+                job_type=CRON_TYPE,
+                queue="cron",
+                overlap_policy=args.cron_overlap,
             )
         )
         server.handle(CRON_TYPE, tick)
