@@ -236,6 +236,8 @@ class Server:
         self._runner: Runner | None = None
         self._progress = Signal()
         self._pools_scope: anyio.CancelScope | None = None
+        #: The queues this server serves (re-registered by every heartbeat).
+        self._queue_names: list[str] = []
 
     @classmethod
     def from_config(cls, config: GqmConfig, **overrides: Any) -> Server:
@@ -607,6 +609,7 @@ class Server:
                 canceled_ttl_ms=self.dead_ttl_ms,
             )
         )
+        self._queue_names = [q.name for q in queues]
         infra.start_soon(self._heartbeat, driver)
         if self.scheduler:
             infra.start_soon(
@@ -686,7 +689,17 @@ class Server:
                         self._pools_scope.cancel()
 
     async def _heartbeat(self, driver: Any) -> None:
+        """Publish this server's record every few seconds, and re-register its queues.
+
+        The ``servers`` entry is written with ZADD, which answers 1 when the entry is
+        new: after the first beat that means Redis lost it, almost always because its
+        dataset was reset (a restart without persistence, FLUSHALL, a failover to an
+        empty replica). That is logged, and what only the start wrote (the queue
+        registry, the cron definitions) is written again; the jobs that were queued
+        are gone with the data.
+        """
         started = time.time()
+        beats = 0
         while True:
             info = {
                 "id": self.server_id,
@@ -708,19 +721,30 @@ class Server:
                     for p in self._pools
                 ],
             }
+            commands: list[Command] = [
+                [
+                    "SET",
+                    self._conn.keys.server(self.server_id),
+                    msgspec.json.encode(info),
+                    "EX",
+                    int(_HEARTBEAT_INTERVAL * 3),
+                ],
+                ["ZADD", self._conn.keys.servers, time.time(), self.server_id],
+            ]
+            if self._queue_names:
+                commands.append(["SADD", self._conn.keys.queues, *self._queue_names])
             try:
-                await driver.pipeline(
-                    [
-                        [
-                            "SET",
-                            self._conn.keys.server(self.server_id),
-                            msgspec.json.encode(info),
-                            "EX",
-                            int(_HEARTBEAT_INTERVAL * 3),
-                        ],
-                        ["ZADD", self._conn.keys.servers, time.time(), self.server_id],
-                    ]
-                )
+                replies = await driver.pipeline(commands)
+                if beats and replies[1] == 1:
+                    log.warning(
+                        "server %s: its registration vanished from Redis: the dataset was "
+                        "probably reset (restart without persistence, FLUSHALL, failover); "
+                        "jobs queued before are lost. Registering queues and cron entries "
+                        "again",
+                        self.server_id,
+                    )
+                    await register_cron(driver, self._conn.keys, list(self._cron.values()))
+                beats += 1
             except RedisError as err:
                 log.warning("heartbeat failed: %s", err)
             await anyio.sleep(_HEARTBEAT_INTERVAL)

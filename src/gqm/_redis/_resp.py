@@ -158,6 +158,13 @@ def _is_auth_error(reply: object) -> bool:
     return isinstance(reply, RedisReplyError) and str(reply).startswith(_AUTH_ERRORS)
 
 
+def _is_unavailable(reply: object) -> bool:
+    """An error reply saying Redis cannot serve any command yet (it is loading its
+    dataset after a restart): a connection-level condition, to be retried, as redis-py
+    and coredis report it, not a per-command reply."""
+    return isinstance(reply, RedisReplyError) and str(reply).startswith((*_AUTH_ERRORS, "LOADING"))
+
+
 # -- settings ---------------------------------------------------------------------------
 
 
@@ -540,7 +547,7 @@ class RespDriver:
     async def execute(self, *args: Arg) -> Any:
         reply = await self._request(_pack(args), 0)
         if isinstance(reply, RedisReplyError):
-            if _is_auth_error(reply):
+            if _is_unavailable(reply):
                 raise RedisConnectionError(str(reply))
             raise reply
         return reply
@@ -551,8 +558,9 @@ class RespDriver:
         replies: list[Any] = await self._request(
             b"".join([_pack(c) for c in commands]), len(commands)
         )
-        if _is_auth_error(replies[0]):
-            raise RedisConnectionError(str(replies[0]))
+        for reply in replies:
+            if _is_unavailable(reply):
+                raise RedisConnectionError(str(reply))
         return replies
 
     async def _request(self, payload: bytes, count: int) -> Any:
