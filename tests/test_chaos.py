@@ -35,6 +35,7 @@ from ._chaos import (
     worker_args,
 )
 from ._chaos_worker import JOB_TYPE
+from .invariants import assert_invariants
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,15 +48,6 @@ pytestmark = [
 ]
 
 KILL_EVERY = 2.0
-
-
-async def _invariants(client: gqm.Client, queues: list[str]) -> None:
-    """The shared invariant checker (tests/invariants.py), once it exists."""
-    try:
-        from . import invariants
-    except ImportError:  # not committed yet by its author
-        return
-    await invariants.assert_invariants(client, queues=queues)
 
 
 # -- T2: chaos soak ------------------------------------------------------------------------
@@ -180,8 +172,9 @@ async def test_chaos_soak(
         for job_id in plan.unique[:5]:
             with pytest.raises(gqm.DuplicateJobError):
                 await client.enqueue(JOB_TYPE, {}, job_id=job_id, unique=True)
-        await _invariants(client, ["default"])
         await fleet.stop(timeout=60)
+    # The keyspace checker, once every process is gone (it wants a quiet keyspace).
+    await assert_invariants(client, drained=True)
 
     runs = executions(exec_log)
     problems, duplicates = check_conservation(plan.expected, got, runs)
@@ -314,9 +307,9 @@ async def test_dag_under_failure(
         stop_chaos.set()
         await assert_queues_drained(client, ["default", "poison"])
         assert await client.dag_deferred_count() == 0
-        await _invariants(client, ["default", "poison"])
         await workers.stop(timeout=60)
         await poison.stop(timeout=60)
+    await assert_invariants(client, drained=True)
 
     runs = executions(exec_log)
     problems, duplicates = check_conservation(expected, got, runs)

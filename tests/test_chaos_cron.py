@@ -21,6 +21,7 @@ import gqm
 
 from ._chaos import LEASE_TTL, REAP_INTERVAL, STRESS, Fleet, chaos_monkey, executions, worker_args
 from .helpers import raw
+from .invariants import assert_invariants
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -109,6 +110,7 @@ async def test_cron_across_five_instances(
         await anyio.sleep(2.5)  # two ticks and a half: enough for a wrong fire to show
         await second.stop(timeout=60)
 
+    await assert_invariants(client, drained=True)
     fires = await _fires(client)
     ticks = sorted(fires)
     # Phase 1: every tick from one second after the start to the kill has its fire.

@@ -26,6 +26,7 @@ from ._chaos import LEASE_TTL, REAP_INTERVAL, START_TIMEOUT, STRESS, executions,
 from ._chaos_worker import JOB_TYPE, SCRIPT
 from ._worker_proc import WorkerProcess, worker_process
 from .helpers import raw, record, run_script
+from .invariants import assert_invariants
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -167,6 +168,7 @@ async def test_zombie_fencing_processes(
     q = client.keys.queue("default")
     assert await raw(client, "ZCARD", q.leases) == 0
     assert await raw(client, "LLEN", q.outbox) == 0
+    await assert_invariants(client, drained=True)
     print(
         f"[{anyio_backend}] T3 zombie fencing, {runs} SIGSTOP/SIGCONT runs: 0 double "
         f"finalizations; A turned away {max(gaps):.2f}s (max) after SIGCONT by: {rejections}"
@@ -239,6 +241,7 @@ async def test_zombie_fencing_randomized(
         assert await raw(client, "LRANGE", q.ready, 0, -1) == [child.id.encode()]
         assert (await client.get_job(child.id)).status == gqm.JobStatus.READY
     assert doubles == 0, f"seed {seed}: {doubles} runs finalized the job more than once"
+    await assert_invariants(client, drained=True)
     print(
         f"[{anyio_backend}] T3 randomized fencing (seed {seed}): {runs} runs, {refused} stale "
         f"operations refused, 0 double finalizations"
