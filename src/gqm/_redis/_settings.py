@@ -26,6 +26,6 @@ class RedisSettings:
     connect_timeout: float = 5.0
     health_check_interval: int = 15
     max_connections: int | None = None
-    #: "auto", "redis-py" (asyncio only), "coredis", or "resp" (gqm's own thin driver on
-    #: anyio streams and hiredis: several times less CPU per command; experimental).
+    #: "auto" (= ``$GQM_DRIVER``, else "resp"), "resp" (gqm's own thin driver on anyio
+    #: streams and hiredis), "redis-py" (asyncio only) or "coredis".
     driver: str = "auto"
