@@ -56,7 +56,9 @@ class FinishOp:
         self.data = data
         self.n1 = n1
         self.n2 = n2
-        self.done = anyio.Event()
+        #: Set once written; made only for a submitter that waits (most do not, and an
+        #: event per job is a measurable share of the hot path).
+        self.done: anyio.Event | None = None
         self.code = REFUSED
         #: Called once the outcome is written (with the op, its code set).
         self.after: Callable[[FinishOp], None] | None = None
@@ -75,8 +77,9 @@ class Finisher:
 
     async def submit(self, op: FinishOp) -> int:
         """Queue ``op`` and wait until it is written; returns its finish code."""
+        op.done = done = anyio.Event()
         self._send.send_nowait(op)
-        await op.done.wait()
+        await done.wait()
         return op.code
 
     def submit_nowait(self, op: FinishOp) -> None:
@@ -134,7 +137,8 @@ class Finisher:
         for name, ops, (codes, gone, _fanned) in zip(by_queue, groups, replies, strict=True):
             for op, code in zip(ops, codes, strict=True):
                 op.code = int(code)
-                op.done.set()
+                if op.done is not None:
+                    op.done.set()
                 if op.after is not None:
                     op.after(op)
             swept[name] = gone
