@@ -35,6 +35,7 @@ from ._chaos import (
     worker_args,
 )
 from ._chaos_worker import JOB_TYPE
+from .helpers import raw
 from .invariants import assert_invariants
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ async def test_chaos_soak(
         tg.start_soon(lambda: chaos_monkey(fleet, rng, every=KILL_EVERY, until=stop_chaos))
         for _ in range(waves):
             await plan.wave(wave_size)
-            await anyio.sleep(0.5)  # the arrival rate of the soak, not a synchronization
+            await anyio.sleep(0.4)  # the arrival rate of the soak, not a synchronization
         stop_chaos.set()
         got = await wait_terminal(
             client,
@@ -331,3 +332,31 @@ async def test_dag_under_failure(
     record_property("jobs", len(expected))
     record_property("kills", kills)
     record_property("duplicates", dup_total)
+
+
+# -- the server registry after kills -------------------------------------------------------
+
+
+async def test_killed_server_leaves_the_registry(
+    client: gqm.Client, redis_url: str, prefix: str, anyio_backend: str, tmp_path: Path
+) -> None:
+    """A SIGKILLed server cannot deregister; once its heartbeat has expired, listing
+    the servers drops its id from the registry, so the registry does not grow by one
+    id per crash (a chaos soak kills hundreds). The heartbeat's 15 s TTL is cut short
+    by deleting the key, which is what its expiry does."""
+    exec_log = tmp_path / "executions.log"
+    args = worker_args(redis_url, prefix, anyio_backend, exec_log, concurrency=1)
+    fleet = Fleet("w", 1, lambda tag: [*args, "--tag", tag], tmp_path, restart=False)
+    async with anyio.create_task_group() as tg:
+        await fleet.start(tg)
+        with anyio.fail_after(30):
+            while not (live := await client.servers()):  # noqa: ASYNC110 - no event for it
+                await anyio.sleep(0.1)
+        fleet.kill_random(random.Random(0))
+        await fleet.stop(timeout=30)
+    (server,) = live
+    registry = client.keys.servers
+    assert await raw(client, "ZRANGE", registry, 0, -1) == [server.id.encode()]
+    await raw(client, "DEL", client.keys.server(server.id))
+    assert await client.servers() == []
+    assert await raw(client, "ZCARD", registry) == 0

@@ -5,13 +5,14 @@ Mixed into :class:`~gqm.Client`; every method is a public client method.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from . import _scripts as scripts
 from ._job import Job, JobStatus, record_decoder, score_ms
-from .errors import ConfigurationError, JobNotFoundError, NotFoundError
+from .errors import ConfigurationError, JobNotFoundError, NotFoundError, RedisReplyError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -394,12 +395,21 @@ class AdminMixin:
         return out
 
     async def servers(self) -> list[ServerInfo]:
-        """Live servers (those whose heartbeat has not expired)."""
+        """Live servers (those whose heartbeat has not expired).
+
+        A server that died without deregistering (SIGKILL, a crash) leaves its id in
+        the registry; once its heartbeat has expired the id is dropped here, so the
+        registry does not grow with every crash (a live server re-adds itself at its
+        next heartbeat)."""
         driver = await self._driver()
         ids = await driver.execute("ZRANGE", self.keys.servers, 0, -1)
         if not ids:
             return []
         raws = await driver.pipeline([["GET", self.keys.server(i.decode())] for i in ids])
+        dead = [i for i, r in zip(ids, raws, strict=True) if r is None]
+        if dead:
+            with contextlib.suppress(RedisReplyError):  # a read-only replica: leave them
+                await driver.execute("ZREM", self.keys.servers, *dead)
         return [_server_decoder.decode(r) for r in raws if r is not None]
 
     async def server(self, server_id: str) -> ServerInfo:
