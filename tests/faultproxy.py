@@ -327,6 +327,13 @@ class RedisProcess:
             self.process.wait()
             self.process = None
 
+    def terminate(self) -> None:
+        """Stop the server gracefully (SIGTERM: it flushes its AOF and exits)."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
     def wipe(self) -> None:
         """Delete the server's data files (while it is stopped)."""
         assert self.process is None

@@ -27,6 +27,7 @@ import gqm
 
 from .faultproxy import RedisProcess
 from .helpers import raw, serving
+from .invariants import assert_invariants
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -173,13 +174,9 @@ async def queue_counts(client: gqm.Client, queue: str = "default") -> dict[str, 
     return dict(zip(names, replies, strict=True))
 
 
-async def check_invariants(client: gqm.Client) -> None:
-    """The shared keyspace invariant checker, when it is available in this checkout."""
-    try:
-        from .invariants import assert_invariants
-    except ImportError:  # pragma: no cover - until tests/invariants.py lands
-        return
-    await assert_invariants(client)
+async def check_invariants(client: gqm.Client, *, drained: bool = False) -> None:
+    """The keyspace invariant checker (``tests/invariants.py``) over the test's prefix."""
+    await assert_invariants(client, drained=drained)
 
 
 def report(record_property: Any, backend: str, title: str, **figures: Any) -> None:
@@ -236,7 +233,7 @@ async def test_t5a_redis_kill9_and_aof_restart(
                     up_at = anyio.current_time()
                 lost = await wait_drained(client, execs, ids, timeout=60)
             counts = await queue_counts(client)
-            await check_invariants(client)
+            await check_invariants(client, drained=True)
     in_window = sum(1 for t in producer.acked.values() if killed_at - 1.0 <= t <= killed_at)
     late = [i for i in lost if producer.acked[i] < killed_at - 2.0]
     after = [execs.first[i] for i, t in producer.acked.items() if t >= up_at and i in execs.first]
@@ -319,7 +316,7 @@ async def test_t5b_redis_restart_with_empty_dataset(
                 cron_back = await raw(client, "HEXISTS", client.keys.cron_entries, "yearly")
             lost_before = [i for i in before if i not in execs.runs]
             counts = await queue_counts(client)
-            await check_invariants(client)
+            await check_invariants(client, drained=True)
     resume = min(execs.first[i] for i in after) - up_at
     noticed = [r.getMessage() for r in caplog.records if "dataset was" in r.getMessage()]
     report(
@@ -338,3 +335,221 @@ async def test_t5b_redis_restart_with_empty_dataset(
     assert producer.reply_errors == []
     assert counts["ready"] == counts["leases"] == counts["scheduled"] == 0
     assert counts["completed"] >= len(after)
+
+
+# -- T7: script cache flushed -----------------------------------------------------------
+
+
+async def test_t7_script_flush_every_500ms_and_restart(
+    anyio_backend: str, record_property: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T7: ``SCRIPT FLUSH`` every 500 ms during a run, plus a Redis restart in the
+    middle (graceful, AOF on: the data survives, the script cache does not). No script
+    error reaches the client or the server's logs (NOSCRIPT is healed by re-sending the
+    script), and no job is lost or stuck."""
+    caplog.set_level(logging.WARNING)
+    n = 2000 if STRESS else 600
+    with RedisProcess("--appendonly", "yes", "--appendfsync", "everysec") as redis:
+        prefix = f"t7{uuid.uuid4().hex[:6]}"
+        server = gqm.Server(
+            redis.url,
+            prefix=prefix,
+            handle_signals=False,
+            grace_period=2,
+            concurrency=20,
+            lease_ttl=3,
+            socket_timeout=2,
+            poll_interval=0.5,
+        )
+        execs = Executions()
+        server.handle(JOB, execs.handler)
+        ids = job_ids(n)
+        flushes = 0
+        async with (
+            gqm.Client(redis.url, prefix=prefix, socket_timeout=2) as client,
+            gqm.Client(redis.url, prefix=prefix, socket_timeout=2) as admin,
+        ):
+            producer = Producer(client, pace=0.005)
+            stop = anyio.Event()
+
+            async def flusher() -> None:
+                nonlocal flushes
+                while not stop.is_set():
+                    with anyio.move_on_after(0.5):
+                        await stop.wait()
+                    try:
+                        await raw(admin, "SCRIPT", "FLUSH")
+                        flushes += 1
+                    except gqm.RedisConnectionError:
+                        pass  # Redis is restarting
+
+            async with serving(server), anyio.create_task_group() as tg:
+                tg.start_soon(flusher)
+                await producer.run(ids[: n // 2])
+                redis.terminate()
+                await anyio.to_thread.run_sync(redis.start)
+                await producer.run(ids[n // 2 :])
+                await execs.wait_for(ids, timeout=60)
+                stop.set()
+            counts = await queue_counts(client)
+            await check_invariants(client, drained=True)
+    script_errors = [r.getMessage() for r in caplog.records if "NOSCRIPT" in r.getMessage().upper()]
+    report(
+        record_property,
+        anyio_backend,
+        "T7 SCRIPT FLUSH every 500 ms + restart",
+        jobs=n,
+        flushes=flushes,
+        script_errors=len(script_errors) + len(producer.reply_errors),
+        duplicate_executions=execs.duplicates,
+        enqueue_connection_errors=producer.connection_errors,
+    )
+    assert producer.reply_errors == []
+    assert script_errors == []
+    assert flushes >= 2
+    assert counts["ready"] == counts["leases"] == counts["scheduled"] == 0
+    assert counts["completed"] == n
+
+
+# -- CLIENT PAUSE -----------------------------------------------------------------------
+
+
+async def test_client_pause_mid_run(
+    anyio_backend: str, redis_url: str, prefix: str, record_property: Any
+) -> None:
+    """Redis pauses every client (``CLIENT PAUSE <ms> ALL``) in the middle of a run:
+    calls stall and then complete (the pause is shorter than the socket timeout);
+    nothing is lost, nothing is stuck, work resumes. The stall is reported."""
+    n = 2000 if STRESS else 400
+    pause_ms = 10_000 if STRESS else 2_000
+    server = gqm.Server(
+        redis_url,
+        prefix=prefix,
+        handle_signals=False,
+        grace_period=2,
+        concurrency=20,
+        socket_timeout=max(10.0, pause_ms / 1000 * 2),
+    )
+    execs = Executions()
+    server.handle(JOB, execs.handler)
+    ids = job_ids(n)
+    async with (
+        gqm.Client(redis_url, prefix=prefix, socket_timeout=max(10.0, pause_ms / 500)) as client,
+        gqm.Client(redis_url, prefix=prefix) as admin,
+    ):
+        producer = Producer(client, pace=0.002)
+        async with serving(server):
+            await producer.run(ids[: n // 2])
+            paused_at = anyio.current_time()
+            await raw(admin, "CLIENT", "PAUSE", pause_ms, "ALL")
+            await producer.run(ids[n // 2 :])
+            await execs.wait_for(ids, timeout=60)
+        counts = await queue_counts(client)
+        await check_invariants(client, drained=True)
+    after = [execs.first[i] for i in ids[n // 2 :]]
+    report(
+        record_property,
+        anyio_backend,
+        "CLIENT PAUSE mid-run",
+        jobs=n,
+        pause_s=pause_ms / 1000,
+        first_run_after_pause_s=round(min(after) - paused_at, 3),
+        enqueue_connection_errors=producer.connection_errors,
+        duplicate_executions=execs.duplicates,
+    )
+    assert producer.reply_errors == []
+    assert counts["ready"] == counts["leases"] == counts["scheduled"] == 0
+    assert counts["completed"] == n
+
+
+# -- T9: memory full --------------------------------------------------------------------
+
+
+async def test_t9_noeviction_oom_then_drain(
+    anyio_backend: str, record_property: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T9 (b): Redis with ``maxmemory 20mb`` and ``noeviction`` is filled with enqueues
+    until it refuses them. The refusal is a typed gqm error (``RedisReplyError``, OOM);
+    no partial job or orphan key is left (invariant checker: in particular every job
+    can be looked up by id); a running server keeps completing jobs while Redis is full,
+    and a server started while it is full starts and works too; once the queue is
+    drained, enqueue works again."""
+    caplog.set_level(logging.WARNING)
+    with RedisProcess("--maxmemory", "20mb", "--maxmemory-policy", "noeviction") as redis:
+        prefix = f"t9{uuid.uuid4().hex[:6]}"
+        execs = Executions()
+
+        def make_server() -> gqm.Server:
+            # Completed records are deleted at once, so that draining frees the memory.
+            server = gqm.Server(
+                redis.url,
+                prefix=prefix,
+                handle_signals=False,
+                grace_period=2,
+                concurrency=10,
+                completed_ttl=0,
+                eviction_check="refuse",
+            )
+            server.handle(JOB, execs.handler)
+            return server
+
+        async with gqm.Client(redis.url, prefix=prefix) as client, serving(make_server()):
+            # Fill while the queue is paused, so that nothing drains meanwhile.
+            await client.pause("default")
+            payload = "x" * 8192
+            enqueued: list[str] = []
+            refused: BaseException | None = None
+            with anyio.fail_after(120):
+                while refused is None:
+                    batch = [gqm.BatchItem(JOB, payload) for _ in range(50)]
+                    try:
+                        enqueued += [j.id for j in await client.enqueue_batch(batch)]
+                    except gqm.GqmError as err:
+                        refused = err
+            # Single enqueues too are refused (one may still slip under the limit: Redis
+            # checks used memory before each script, and a refused call freed a little).
+            single: BaseException | None = None
+            with anyio.fail_after(30):
+                while single is None:
+                    try:
+                        enqueued.append((await client.enqueue(JOB, payload)).id)
+                    except gqm.GqmError as err:
+                        single = err
+            index = await raw(client, "HLEN", client.keys.ids)
+            used = await raw(client, "INFO", "memory")
+            stored = await raw(client, "HLEN", client.keys.queue("default").jobs)
+            await check_invariants(client)
+            # A second server, started while Redis is full, must come up too.
+            async with serving(make_server()):
+                await client.resume("default")
+                await execs.wait_for(enqueued, timeout=120)
+                with anyio.fail_after(60):
+                    while (await queue_counts(client))["ready"]:  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
+                after = await client.enqueue(JOB, payload)
+                await execs.wait_for([after.id], timeout=30)
+            await check_invariants(client, drained=True)
+            left = await raw(client, "HLEN", client.keys.queue("default").jobs)
+    peak = next(
+        line.split(b":")[1].decode()
+        for line in used.splitlines()
+        if line.startswith(b"used_memory_human:")
+    )
+    report(
+        record_property,
+        anyio_backend,
+        "T9 noeviction 20mb",
+        enqueued_before_oom=len(enqueued),
+        error=f"{type(refused).__name__}: {str(refused)[:40]}",
+        used_memory_at_oom=peak,
+        # The id index is written just before the enqueue script, in the same round
+        # trip: an enqueue refused after it leaves its entries (harmless: DESIGN §4).
+        id_index_entries_without_job=index - stored,
+    )
+    assert isinstance(refused, gqm.RedisReplyError), repr(refused)
+    assert "OOM" in str(refused)
+    assert isinstance(single, gqm.RedisReplyError), repr(single)
+    # Every acknowledged job is stored, and no refused one left a record behind.
+    assert stored == len(enqueued)
+    assert set(enqueued) <= execs.runs.keys()
+    assert left == 0

@@ -206,7 +206,7 @@ async def test_t6_connection_faults(
                     while (await queue_counts(client))["completed"] < n:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
             counts = await queue_counts(client)
-            await check_invariants(client)
+            await check_invariants(client, drained=True)
     lost = [i for i in ids if i not in execs.runs]
     twice = [i for i, c in replays.created.items() if c > 1]
     detected = (
@@ -329,7 +329,7 @@ async def test_t12_unique_race(
         # The dead-letter record is retained (30 days): its id stays taken.
         with pytest.raises(gqm.DuplicateJobError) as taken:
             await client.enqueue("fail", 1, job_id=fail_key, unique=True)
-    await check_invariants(client)
+    await check_invariants(client, drained=True)
     report(
         record_property,
         anyio_backend,
@@ -396,7 +396,7 @@ async def test_t12_unique_race_through_resets(
     assert created + refused == 1000
     records = await raw(client, "HGET", client.keys.queue("default").jobs, key)
     assert records is not None, "the job exists"
-    await check_invariants(client)
+    await check_invariants(client, drained=True)
     execs = Executions()
     server = gqm.Server(
         redis_server.url, prefix=prefix, handle_signals=False, grace_period=2, completed_ttl=0

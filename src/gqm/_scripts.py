@@ -94,14 +94,17 @@ async def run_many(
 ) -> list[Any]:
     """Run script calls in one pipeline; error replies are raised, NOSCRIPT is healed.
 
-    ``extra`` commands ride in the same round trip, after the scripts; their replies are
-    not returned (an error among them is raised).
+    ``extra`` commands ride in the same round trip, *before* the scripts, so that what
+    they write (the id index of enqueued jobs) is there when the scripts' work is: if
+    Redis refuses them (OOM), it refuses the scripts after them too, rather than
+    leaving a job that cannot be looked up. Their replies are not returned (an error
+    among them is raised).
     """
-    replies = await driver.pipeline([*(s.command(k, a) for s, k, a in calls), *extra])
-    for reply in replies[len(calls) :]:
+    replies = await driver.pipeline([*extra, *(s.command(k, a) for s, k, a in calls)])
+    for reply in replies[: len(extra)]:
         if isinstance(reply, RedisReplyError):
             raise reply
-    del replies[len(calls) :]
+    del replies[: len(extra)]
     missing = [i for i, r in enumerate(replies) if isinstance(r, RedisReplyError) and r.is_noscript]
     if missing:
         retried = await driver.pipeline(

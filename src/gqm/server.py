@@ -488,7 +488,12 @@ class Server:
                 hub.on_scheduled(q, promote_signal)
                 hub.on_outbox(q, resolve_signal)
             if queues:
-                await driver.execute("SADD", keys.queues, *(q.name for q in queues))
+                try:
+                    await driver.execute("SADD", keys.queues, *(q.name for q in queues))
+                except RedisReplyError as err:
+                    # Redis refuses writes (OOM, say): the registry is for listing queues
+                    # only, and the heartbeat writes it again; serving must not wait.
+                    log.warning("could not register the queues (%s); will retry", err)
             await register_cron(driver, keys, list(self._cron.values()))
             cron_signal = Signal()
             hub.on_message(keys.abort_channel, self._on_abort)
