@@ -411,3 +411,29 @@ async def test_t12_unique_race_through_resets(
     job = await retrying(lambda: client.enqueue(JOB, 2, job_id=key, unique=True))
     assert job.id == key
     assert execs.runs[key] == 1
+
+
+@pytest.mark.parametrize("size", [1, 100])
+async def test_lost_enqueue_reply_is_replayed(
+    anyio_backend: str, redis_server: EmbeddedRedis, prefix: str, size: int
+) -> None:
+    """An enqueue whose reply is lost (Redis created the jobs, the connection died before
+    the answer) succeeds for the caller, and the jobs exist once: the client sends the
+    very same call again and the script recognises it. Without that, the caller sees
+    an error for jobs that exist, and its retry enqueues them a second time."""
+    async with (
+        FaultProxy("127.0.0.1", _port(redis_server)) as proxy,
+        gqm.Client(proxy.url, prefix=prefix) as client,
+    ):
+        await client.ping()
+        proxy.drop_reply_after_forward(1, match=b"EVALSHA")
+        if size == 1:
+            jobs = [await client.enqueue(JOB, 0)]
+        else:
+            jobs = await client.enqueue_batch([gqm.BatchItem(JOB, i) for i in range(size)])
+        assert proxy.stats.dropped_replies == 1
+        assert len(jobs) == size
+        assert await raw(client, "LLEN", client.keys.queue("default").ready) == size
+        for job in jobs:
+            assert (await client.get_job(job.id)).status == gqm.JobStatus.READY
+        await check_invariants(client)

@@ -46,11 +46,12 @@ from .errors import (
     JobFailedError,
     JobNotFoundError,
     NotFoundError,
+    RedisConnectionError,
     SerializationError,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -59,12 +60,16 @@ if TYPE_CHECKING:
     from ._task import Task
 
 P = TypeVar("P")
+T = TypeVar("T")
 
 #: The most jobs one ``enqueue_batch`` call takes (one pipeline).
 MAX_BATCH = 1000
 #: Retention of jobs canceled because a parent failed, when the client cancels them
 #: itself (servers use their ``dead_ttl``): 30 days, as dead-letter jobs.
 _DAG_CANCELED_TTL_MS = 30 * 86400 * 1000
+#: How many times an enqueue whose connection was lost is sent again (see
+#: ``Client._replaying``).
+_ENQUEUE_REPLAYS = 2
 _history_decoder = msgspec.json.Decoder(HistoryItem)
 
 
@@ -106,6 +111,10 @@ class Connection:
     @property
     def is_open(self) -> bool:
         return self._driver is not None
+
+    @property
+    def settings(self) -> RedisSettings:
+        return self._settings
 
     async def get(self) -> Driver:
         """The driver, opened on first use.
@@ -527,7 +536,7 @@ class Client(AdminMixin):
         new_queues = [name for name in by_queue if name not in self._known_queues]
         if new_queues:
             extra.append(["SADD", keys.queues, *new_queues])
-        replies = await scripts.run_many(driver, calls, extra=extra)
+        replies = await self._replaying(lambda: scripts.run_many(driver, calls, extra=extra))
         # Registered once per client and queue: the set only ever grows.
         self._known_queues.update(new_queues)
         jobs: list[Job[Any] | None] = [None] * len(entries)
@@ -543,6 +552,26 @@ class Client(AdminMixin):
         if duplicate is not None:
             raise duplicate
         return [j for j in jobs if j is not None]
+
+    async def _replaying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run an enqueue call, sending the very same call again if its connection was
+        lost: Redis may have applied it and only the reply was lost, and the script
+        recognises a replay by the call's nonces, so the jobs are not created twice.
+
+        Only quick failures are replayed (a reset, a closed connection), at most
+        ``_ENQUEUE_REPLAYS`` times: a call that used up the socket timeout (Redis does
+        not answer) is reported at once, so that the caller hears of it within that
+        timeout.
+        """
+        timeout = self._conn.settings.socket_timeout
+        started = anyio.current_time()
+        for _ in range(_ENQUEUE_REPLAYS):
+            try:
+                return await call()
+            except RedisConnectionError:
+                if timeout is not None and anyio.current_time() - started >= timeout / 2:
+                    raise
+        return await call()
 
     # -- queries ---------------------------------------------------------------------
 
