@@ -15,6 +15,8 @@ Fast mode runs factor 1 (400 jobs); ``GQM_STRESS=1`` escalates 1, 2, 4, ... 128
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -158,14 +160,16 @@ async def test_escalating_conservation(
     make_server: Callable[..., gqm.Server],
     redis_url: str,
     prefix: str,
+    caplog: pytest.LogCaptureFixture,
     factor: int,
 ) -> None:
-    """Every job of the scaled mix ends in exactly its expected state, ran exactly the
-    expected number of times, respected its dependencies and due time; nothing is left
-    in any queue index, no dependency bookkeeping is orphaned, and no task leaks."""
+    """Two servers work through the scaled mix while it is enqueued, one of them
+    restarted gracefully on the way. Every job ends in exactly its expected state, ran
+    exactly the expected number of times, respected its dependencies and due time;
+    nothing is left in any queue index, no dependency bookkeeping is orphaned, and no
+    task leaks."""
     ledger = Ledger()
-    server = make_server()
-    server.pool(gqm.PoolConfig(name="all", queues=QUEUES, concurrency=20))
+    caplog.set_level(logging.INFO, logger="gqm.pool")
 
     async def flat(job: gqm.Job[Any]) -> int:
         ledger.runs[job.id] += 1
@@ -184,10 +188,17 @@ async def test_escalating_conservation(
         ledger.runs[job.id] += 1
         raise RuntimeError(f"attempt {job.attempt} fails")
 
-    server.handle("flat", flat)
-    server.handle("stage", stage)
-    server.handle("delayed", flat)
-    server.handle("failing", failing)
+    servers: list[gqm.Server] = []
+
+    def new_server() -> gqm.Server:
+        server = make_server()
+        server.pool(gqm.PoolConfig(name="all", queues=QUEUES, concurrency=10))
+        server.handle("flat", flat)
+        server.handle("stage", stage)
+        server.handle("delayed", flat)
+        server.handle("failing", failing)
+        servers.append(server)
+        return server
 
     total = (FLAT + 3 * CHAINS + DELAYED + FAILING) * factor
     # The client's first connection (its driver's tasks) belongs to the baseline; the
@@ -203,22 +214,39 @@ async def test_escalating_conservation(
             if q in infos
         )
 
-    async with serving(server):
-        start = anyio.current_time()
-        async with gqm.Client(redis_url, prefix=prefix) as producer:
-            await _enqueue_mix(producer, factor, ledger)
-        enqueue_s = anyio.current_time() - start
-        assert len(ledger.expected) == total
+    async def until_finished(count: int, timeout: float) -> None:
         try:
-            with anyio.fail_after(60 + factor):
+            with anyio.fail_after(timeout):
                 # Polling Redis: the finisher writes outcomes after the handlers return,
-                # so no in-process event marks the last terminal state.
-                while await finished_count() < total:  # noqa: ASYNC110
+                # so no in-process event marks a job's terminal state.
+                while await finished_count() < count:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
         except TimeoutError:
             raise AssertionError(
-                f"only {await finished_count()} of {total} jobs reached a terminal state"
+                f"only {await finished_count()} of {count} jobs reached a terminal state"
             ) from None
+
+    enqueue_s = 0.0
+
+    async def produce() -> None:
+        nonlocal enqueue_s
+        async with gqm.Client(redis_url, prefix=prefix) as producer:
+            await _enqueue_mix(producer, factor, ledger)
+        enqueue_s = anyio.current_time() - start
+
+    # Two servers share the work. One of them is restarted (graceful shutdown, then a
+    # new server) a third of the way through, while producers may still be enqueueing:
+    # its prefetched jobs are handed back and must run once elsewhere, not twice.
+    async with serving(new_server()):
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async with serving(new_server()):
+                await until_finished(total // 3, 60 + factor)
+            restarted_at = await finished_count()
+            async with serving(new_server()):
+                await until_finished(total, 60 + factor)
+        assert len(ledger.expected) == total
         drain_s = anyio.current_time() - start
     after_tasks = await settled_task_count(baseline_tasks)
 
@@ -285,20 +313,32 @@ async def test_escalating_conservation(
             assert not orphans, f"{name}: edge lists without a parent record: {orphans[:5]}"
     await assert_invariants(client, drained=True)
     assert after_tasks == baseline_tasks, f"tasks: {baseline_tasks} before, {after_tasks} after"
-    assert server.inflight == 0
+    assert [s.inflight for s in servers] == [0, 0, 0]
+    handed_back = sum(
+        int(m.group(1))
+        for r in caplog.records
+        if (m := re.match(r"pool \S+: handed back (\d+) unfinished jobs", r.getMessage()))
+    )
     statuses = Counter(e.status.value for e in ledger.expected.values())
+    executions = sum(ledger.runs.values())
+    # The test's ledger is not gqm's memory: drop it before measuring the heap.
+    for book in (ledger.expected, ledger.runs, ledger.finished, ids, delayed_checked):
+        book.clear()
+    heap_delta = heap_blocks() - baseline_blocks
     report(
         "EscalatingConservation",
         factor=factor,
         jobs=total,
-        executions=sum(ledger.runs.values()),
+        executions=executions,
         duplicates=duplicates,
         enqueue_s=enqueue_s,
         drain_s=drain_s,
         jobs_per_s=total / drain_s,
+        restarted_at_finished=restarted_at,
+        handed_back=handed_back,
         tasks_before=baseline_tasks,
         tasks_after=after_tasks,
-        heap_delta_blocks=heap_blocks() - baseline_blocks,
+        heap_delta_blocks=heap_delta,
         statuses=dict(sorted(statuses.items())),
         dead_total=await raw(client, "ZCARD", client.keys.queue("failing").dead),
     )
