@@ -898,6 +898,23 @@ async def test_bad_input_is_a_4xx_with_a_code(
     assert await client.queue_names() == ["q"]
 
 
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        (f"{V1}/queues/bad!name", "1 to 128 characters among A-Z a-z 0-9 . _ : -"),
+        (f"{V1}/jobs/{'x' * 300}", "1 to 256 characters, none of them whitespace"),
+        (f"{V1}/workers/a%01", "1 to 512 characters, none of them whitespace"),
+    ],
+)
+async def test_refused_path_parameters_say_the_rule(api: Api, path: str, rule: str) -> None:
+    """A refused id or queue name is told the rule in words, not as a regex, and the
+    error repeats at most 80 characters of what was sent."""
+    message = refused(await api.http.get(path), Code.BAD_REQUEST)
+    assert rule in message
+    assert "regex" not in message
+    assert "x" * 81 not in message
+
+
 WRONG_METHODS = [
     ("PUT", f"{V1}/queues", {"GET", "HEAD"}),
     ("POST", f"{V1}/queues/q", {"GET", "HEAD"}),

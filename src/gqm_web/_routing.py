@@ -10,7 +10,7 @@ import enum
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
@@ -114,12 +114,27 @@ def route(
     return register
 
 
+#: How much of a refused value an error message repeats.
+_MAX_ECHO = 80
+
+
+def _hint(type_: Any) -> str | None:
+    """The ``hint`` of an ``Annotated[..., Meta(extra={"hint": ...})]`` type."""
+    for meta in get_args(type_)[1:]:
+        if isinstance(meta, msgspec.Meta) and meta.extra:
+            hint = meta.extra.get("hint")
+            if isinstance(hint, str):
+                return hint
+    return None
+
+
 def convert_param(name: str, value: str, type_: Any) -> Any:
     """A path parameter checked against its declared type (400 when it does not fit)."""
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as err:
-        raise ApiError(Code.BAD_REQUEST, f"invalid {name} {value!r}: {err}") from None
+        shown = repr(value if len(value) <= _MAX_ECHO else value[:_MAX_ECHO] + "...")
+        raise ApiError(Code.BAD_REQUEST, f"invalid {name} {shown}: {_hint(type_) or err}") from None
 
 
 def convert_query(args: dict[str, str], type_: type[msgspec.Struct]) -> Any:
