@@ -1,5 +1,5 @@
-"""Developer tasks: ``tests`` and ``lint`` (the defaults), ``bench``, ``stress``, ``dev``,
-``demo``.
+"""Developer tasks: ``tests`` and ``lint`` (the defaults), ``bench``, ``profile``,
+``stress``, ``dev``, ``demo``.
 
 Every session runs on the interpreter nox itself runs on (Python 3.11+), in a fresh
 venv made by uv when uv is installed, else by virtualenv.
@@ -69,6 +69,14 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks (bench/run.py) with uvloop available."""
     _install_project(session, "uvloop")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def profile(session: nox.Session) -> None:
+    """Profile one benchmark scenario with py-spy (bench/profile.py; default: drain)."""
+    _install_project(session, "uvloop")
+    session.install("py-spy")
+    session.run("python", "bench/profile.py", *session.posargs)
 
 
 @nox.session
