@@ -286,22 +286,25 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            *self.args,
+        ]  # fmt: skip
+
     def start(self, timeout: float = 15.0) -> None:
         """Start the server and wait until it answers PING (and has loaded its data)."""
         self.process = subprocess.Popen(
-            [
-                self.executable,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.dir),
-                "--save", "",
-                "--maxmemory-policy", "noeviction",
-                *self.args,
-            ],
+            self.command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -358,3 +361,22 @@ class RedisProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class SentinelProcess(RedisProcess):
+    """A redis-server in Sentinel mode watching ``master_name`` at ``master_port``."""
+
+    def __init__(self, master_name: str, master_port: int, *settings: str) -> None:
+        super().__init__()
+        self.config = self.dir / "sentinel.conf"
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.dir}",
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} 2",
+            *settings,
+        ]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> list[str]:
+        return [self.executable, str(self.config), "--sentinel"]

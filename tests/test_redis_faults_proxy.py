@@ -372,7 +372,7 @@ async def test_t12_unique_race_through_resets(
         async with anyio.create_task_group() as tg:
 
             async def faults() -> None:
-                await _inject_faults(proxy, rng, stop, period=0.02)
+                await _inject_faults(proxy, rng, stop, period=0.1)
 
             tg.start_soon(faults)
             created, refused, errors = await _race(

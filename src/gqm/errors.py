@@ -102,6 +102,12 @@ class RedisReplyError(RedisError):
         """True when Redis does not know the script's SHA (after a restart or flush)."""
         return str(self).startswith("NOSCRIPT")
 
+    @property
+    def is_oom(self) -> bool:
+        """True when Redis refused a write because it is at ``maxmemory`` (with the
+        ``noeviction`` policy): the call did nothing; try again once memory is freed."""
+        return str(self).startswith("OOM")
+
 
 class SkipRetry(Exception):
     """Raise from a handler to send the job to the dead-letter queue without retrying.

@@ -31,7 +31,14 @@ def _translate(err: BaseException) -> BaseException:
     if isinstance(err, rexc.NoScriptError):
         return RedisReplyError(f"NOSCRIPT {err}")
     if isinstance(err, rexc.ResponseError):
-        return RedisReplyError(str(err))
+        # redis-py strips the error code it maps to a class ("OOM ..." becomes an
+        # OutOfMemoryError saying "command not allowed ..."): put it back, so that the
+        # message is Redis's own, as with the other drivers.
+        message = str(err)
+        code = getattr(err, "status_code", None)
+        if code and not message.startswith(code):
+            message = f"{code} {message}"
+        return RedisReplyError(message)
     if isinstance(err, rexc.ConnectionError | rexc.TimeoutError | OSError):
         return RedisConnectionError(str(err) or type(err).__name__)
     return err
