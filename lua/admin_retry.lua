@@ -20,6 +20,9 @@ for i = 2, #ARGV do
     rec.pending = nil
     rec.completed_at = nil
     rec.started_at = nil
+    -- An abort asked of the run that ended (it lost the race with the job's own end)
+    -- must not stop this fresh run.
+    rec.abort = nil
     save_job(jobs, id, rec)
     push_ready(ready, id, false, ARGV[1])
     table.insert(out, 1)

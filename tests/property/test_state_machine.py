@@ -400,6 +400,9 @@ class Model:
         rec.status = "ready"
         rec.retry_count = rec.recoveries = 0
         rec.token = rec.pending = rec.completed_at = rec.started_at = None
+        # A fresh run: an abort requested of an earlier run (which ended before it took
+        # effect) must not stop this one.
+        rec.abort = None
         self._push_ready(q, job_id, False)
         return True
 
@@ -801,6 +804,19 @@ class GqmMachine(RuleBasedStateMachine):
         self.h.call(go)
         self.model.forget(name, ids)
 
+    def _pick(self, data: st.DataObject, *statuses: str) -> str:
+        """A known job id, half the time one whose job is in one of ``statuses`` (so that
+        admin operations often meet the states they matter for)."""
+        preferred = [
+            i
+            for i in self.known
+            if (rec := self.model._record(i)) is not None and rec.status in statuses
+        ]
+        use_preferred: bool = data.draw(st.booleans(), label="prefer") if preferred else False
+        if use_preferred:
+            return data.draw(st.sampled_from(preferred), label="job")
+        return data.draw(st.sampled_from(self.known), label="job")
+
     def _remember(self, job_id: str) -> None:
         if job_id not in self.known:
             self.known.append(job_id)
@@ -925,7 +941,7 @@ class GqmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.known))
     @rule(data=st.data())
     def abort(self, data: st.DataObject) -> None:
-        job_id = data.draw(st.sampled_from(self.known), label="job")
+        job_id = self._pick(data, "processing", "ready", "deferred", "scheduled", "retry")
 
         async def go() -> str:
             return await self.client.abort(job_id)
@@ -943,7 +959,7 @@ class GqmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.known))
     @rule(data=st.data())
     def admin_retry(self, data: st.DataObject) -> None:
-        job_id = data.draw(st.sampled_from(self.known), label="job")
+        job_id = self._pick(data, "dead_letter", "canceled", "stopped")
 
         async def go() -> dict[str, bool]:
             return await self.client.retry(job_id)
@@ -953,7 +969,7 @@ class GqmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.known))
     @rule(data=st.data())
     def admin_delete(self, data: st.DataObject) -> None:
-        job_id = data.draw(st.sampled_from(self.known), label="job")
+        job_id = self._pick(data, "deferred", "ready", "completed", "processing")
 
         async def go() -> dict[str, str]:
             return await self.client.delete(job_id)
@@ -1212,6 +1228,7 @@ class GqmMachine(RuleBasedStateMachine):
             assert {i for i, j in q.jobs.items() if j.status == "processing"} == set(q.leases)
 
 
+@pytest.mark.timeout(7200 if STRESS else 120)
 async def test_scripts_match_the_model(
     anyio_backend: str,
     redis_url: str,
@@ -1251,3 +1268,34 @@ async def test_scripts_match_the_model(
             record_property("t14_seed", chosen)
             record_property("t14_examples", harness.examples)
             record_property("t14_checked_states", harness.steps)
+
+
+async def test_admin_retry_forgets_an_earlier_abort(client: gqm.Client) -> None:
+    """Regression (found by the model): an abort requested while a job ran, which lost
+    the race with the job's own failure (dead-lettered), must not stop the fresh run an
+    admin retry starts. Before the fix the flag survived the retry and the new run was
+    reported as aborted by its first lease renewal."""
+    job = await client.enqueue("t", None, max_retry=0)
+    q = client.keys.queue("default")
+    driver = await client._driver()
+
+    async def claim() -> str:
+        attempt = uuid.uuid4().hex
+        keys = scripts.claim_keys(q, attempt)
+        reply = await scripts.run(driver, scripts.script("claim"), keys, [1, 30_000, "w", attempt])
+        return _s(reply[1])
+
+    token = await claim()
+    assert await client.abort(job.id) == "signalled"
+    args: list[Any] = [-1, -1, client.keys.done_channel, q.wake, job.id, token, "d", b"boom", 0, 0]
+    (codes, _swept, _fanned) = await scripts.run(
+        driver, scripts.script("finish"), scripts.finish_keys(q), args
+    )
+    assert codes == [1]
+    assert await client.retry(job.id) == {job.id: True}
+    token = await claim()
+    lost, aborted = await scripts.run(
+        driver, scripts.script("renew"), scripts.renew_keys(q), [30_000, job.id, token]
+    )
+    assert (lost, aborted) == ([], [])
+    assert await find_violations(client) == []
