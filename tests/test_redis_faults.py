@@ -32,14 +32,17 @@ from .invariants import assert_invariants
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+#: Deep mode: the scenarios' full sizes and fault lengths (slow: minutes, not seconds).
+STRESS = os.environ.get("GQM_STRESS") == "1"
+
 pytestmark = [
     pytest.mark.anyio,
     # The figures go to junit as testcase properties, which pytest's default junit
     # family (xunit2) warns about; the suite turns warnings into errors.
     pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
+    # Deep mode outlasts the suite's default per-test timeout.
+    pytest.mark.timeout(900 if STRESS else 120),
 ]
-
-STRESS = os.environ.get("GQM_STRESS") == "1"
 JOB = "work"
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
+    pytest.mark.timeout(900 if STRESS else 120),
 ]
 
 

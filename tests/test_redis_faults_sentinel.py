@@ -36,6 +36,7 @@ from .test_redis_faults import (
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
+    pytest.mark.timeout(900 if STRESS else 120),
 ]
 
 MASTER = "gqm-primary"
