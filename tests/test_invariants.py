@@ -363,3 +363,25 @@ async def test_assert_invariants_lists_violations(client: gqm.Client) -> None:
     text = str(info.value)
     assert text.startswith("60 invariant violation(s)")
     assert "... and 10 more" in text
+
+
+async def test_batch_cannot_put_one_id_on_two_queues(client: gqm.Client) -> None:
+    """Regression (found by the checker's one-id-one-holder rule): enqueue_batch with
+    the same custom id on two queues made two live jobs with one id, since each queue's
+    script sees only its own queue. Now the batch is refused before anything is sent;
+    the same id twice on one queue still enqueues the first and refuses the second."""
+    items: list[gqm.BatchItem[Any]] = [
+        gqm.BatchItem("t", None, job_id="x", queue="a"),
+        gqm.BatchItem("t", None, job_id="x", queue="b"),
+    ]
+    with pytest.raises(gqm.ConfigurationError, match="two queues"):
+        await client.enqueue_batch(items)
+    assert await raw(client, "HLEN", client.keys.queue("a").jobs) == 0
+    assert await raw(client, "HLEN", client.keys.queue("b").jobs) == 0
+    same: list[gqm.BatchItem[Any]] = [
+        gqm.BatchItem("t", None, job_id="y", queue="a") for _ in range(2)
+    ]
+    with pytest.raises(gqm.DuplicateJobError):
+        await client.enqueue_batch(same)
+    assert await raw(client, "HLEN", client.keys.queue("a").jobs) == 1
+    assert await inv.find_violations(client) == []

@@ -460,7 +460,8 @@ class Client(AdminMixin):
 
         Returns the jobs in the order given. Each item is checked before anything is sent;
         a duplicate id raises :class:`~gqm.DuplicateJobError` after the other jobs were
-        enqueued (its ``job_id`` names the one that was refused).
+        enqueued (its ``job_id`` names the one that was refused). One id on two queues
+        of the same batch raises :class:`~gqm.ConfigurationError` before anything is sent.
         """
         if len(items) > MAX_BATCH:
             raise BatchTooLargeError(
@@ -473,6 +474,16 @@ class Client(AdminMixin):
             mode = "i" if item.delay else ("f" if rec.at_front else "b")
             when = int((item.delay or 0) * 1000)
             entries.append((rec, item.payload, encode_payload(item.payload), mode, when))
+        # Each queue's enqueue script sees only its own queue, and the id lookup only jobs
+        # that exist already: the same id on two queues of one batch would make two live
+        # jobs with one id.
+        queue_of: dict[str, str] = {}
+        for rec, *_rest in entries:
+            if queue_of.setdefault(rec.id, rec.queue) != rec.queue:
+                raise ConfigurationError(
+                    f"job id {rec.id!r} is given on two queues ({queue_of[rec.id]!r} and "
+                    f"{rec.queue!r}) in one batch"
+                )
         await self._check_id_elsewhere(
             [e[0] for e, item in zip(entries, items, strict=True) if "job_id" in item.options]
         )
