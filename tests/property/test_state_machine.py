@@ -165,6 +165,10 @@ class NotFoundExpected(Exception):
     pass
 
 
+class ConfigExpected(Exception):
+    pass
+
+
 class Model:
     """A pure-Python account of what gqm's scripts (and the client around them) do."""
 
@@ -297,6 +301,74 @@ class Model:
             self.drain([name], CLIENT_CANCELED_TTL_MS)
             stored = q.jobs.get(job_id)
             return job.status if stored is None else stored.status
+        return job.status
+
+    def enqueue_batch(
+        self, items: list[tuple[str, str, str, int, bool, bool, int | None, bool]]
+    ) -> list[str]:
+        """Client.enqueue_batch of (id, queue, mode, delay_ms, unique, at_front,
+        max_retry, explicit) items: one script call per queue (queues in order of first
+        appearance), the id index and registry in the same pipeline; the first duplicate
+        raises after the rest went in. Returns the statuses of the jobs created."""
+        queue_of: dict[str, str] = {}
+        for job_id, name, *_ in items:
+            if queue_of.setdefault(job_id, name) != name:
+                raise ConfigExpected
+        for job_id, name, _mode, _delay, unique, _front, _retry, explicit in items:
+            other = self._record(job_id) if explicit else None
+            if (
+                other is not None
+                and other.queue != name
+                and (unique or other.status not in TERMINAL)
+            ):
+                raise DuplicateExpected
+        order = list(dict.fromkeys(name for _id, name, *_ in items))
+        statuses: dict[int, str] = {}
+        duplicate = False
+        for name in order:
+            for n, (job_id, qname, mode, delay, unique, front, retry, _e) in enumerate(items):
+                if qname != name:
+                    continue
+                status = self._script_enqueue(job_id, name, mode, delay, unique, front, retry)
+                if status is None:
+                    duplicate = True
+                else:
+                    statuses[n] = status
+        for job_id, name, *_ in items:
+            self.ids[job_id] = name
+            self.registered.add(name)
+        if duplicate:
+            raise DuplicateExpected
+        return [statuses[n] for n in sorted(statuses)]
+
+    def _script_enqueue(
+        self,
+        job_id: str,
+        name: str,
+        mode: str,
+        delay_ms: int,
+        unique: bool,
+        at_front: bool,
+        max_retry: int | None,
+    ) -> str | None:
+        """enqueue.lua for one plain or delayed job; None for a duplicate."""
+        q = self.queues[name]
+        old = q.jobs.get(job_id)
+        if old is not None:
+            if unique or old.status not in TERMINAL:
+                return None
+            for index in (q.completed, q.dead, q.canceled):
+                index.pop(job_id, None)
+            q.results.discard(job_id)
+        job = MJob(job_id, name, "ready", self.now, unique=unique, at_front=at_front)
+        job.max_retry = max_retry
+        if mode == "delay" and delay_ms > 0:
+            job.status = "scheduled"
+            job.scheduled_at = self.now + delay_ms
+            q.scheduled[job_id] = job.scheduled_at
+        q.jobs[job_id] = job
+        if job.status == "ready":
+            self._push_ready(q, job_id, at_front)
         return job.status
 
     def drain(self, names: Sequence[str], canceled_ttl: int) -> int:
@@ -817,6 +889,11 @@ class GqmMachine(RuleBasedStateMachine):
             return data.draw(st.sampled_from(preferred), label="job")
         return data.draw(st.sampled_from(self.known), label="job")
 
+    def _note(self, outcome: object) -> None:
+        """Count refusals seen (coverage, printed at the end)."""
+        if isinstance(outcome, type):
+            self.h.seen["refused: " + outcome.__name__.removesuffix("Expected")] += 1
+
     def _remember(self, job_id: str) -> None:
         if job_id not in self.known:
             self.known.append(job_id)
@@ -850,6 +927,69 @@ class GqmMachine(RuleBasedStateMachine):
         auto id or one of a few explicit ids (duplicates, reuse), unique or not."""
         for spec in jobs:
             self._enqueue_one(*spec)
+
+    @rule(
+        jobs=st.lists(
+            st.tuples(
+                st.sampled_from(QUEUES),
+                st.one_of(st.none(), st.sampled_from(NAMED_IDS)),
+                st.sampled_from(["back", "front", "delay"]),
+                st.sampled_from([0, 1000, 15_000]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=5,
+        )
+    )
+    def enqueue_batch(self, jobs: list[tuple[str, str | None, str, int, bool]]) -> None:
+        """Client.enqueue_batch: several queues in one round trip, duplicates in the
+        batch and against stored jobs, one id on two queues (refused up front)."""
+        items: list[gqm.BatchItem[Any]] = []
+        specs: list[tuple[str, str, str, int, bool, bool, int | None, bool]] = []
+        for queue, named, mode, delay_ms, unique in jobs:
+            # Jobs without a named id get a fresh explicit one (as good as an auto id,
+            # and known to the model even when the batch is refused part way).
+            self.counter += 1
+            job_id = named or f"b{self.counter}"
+            unique = unique and named is not None
+            front = mode == "front"
+            delay = delay_ms / 1000 if mode == "delay" else None
+            items.append(
+                gqm.BatchItem(
+                    "t",
+                    None,
+                    delay=delay,
+                    queue=queue,
+                    at_front=front,
+                    job_id=job_id,
+                    unique=unique,
+                )
+            )
+            specs.append((job_id, queue, mode, delay_ms, unique, front, None, True))
+
+        async def go() -> list[str]:
+            return [j.id for j in await self.client.enqueue_batch(items)]
+
+        got: list[str] | type[Exception]
+        try:
+            got = self.h.call(go)
+        except gqm.DuplicateJobError:
+            got = DuplicateExpected
+        except gqm.ConfigurationError:
+            got = ConfigExpected
+        expected: list[str] | type[Exception]
+        try:
+            self.model.enqueue_batch(specs)
+            expected = [spec[0] for spec in specs]
+        except DuplicateExpected:
+            expected = DuplicateExpected
+        except ConfigExpected:
+            expected = ConfigExpected
+        assert got == expected, (got, expected)
+        self._note(expected)
+        for spec in specs:
+            if spec[0] in self.model.ids:
+                self._remember(spec[0])
 
     def _enqueue_one(
         self,
@@ -892,6 +1032,7 @@ class GqmMachine(RuleBasedStateMachine):
         except DuplicateExpected:
             expected = DuplicateExpected
         assert got == expected, (got, expected)
+        self._note(expected)
         self._remember(job_id)
 
     @precondition(lambda self: bool(self.known))
@@ -935,6 +1076,7 @@ class GqmMachine(RuleBasedStateMachine):
         except DependencyExpected:
             expected = DependencyExpected
         assert got == expected, (got, expected)
+        self._note(expected)
         if got is not DependencyExpected:
             self._remember(job_id)
 
@@ -955,6 +1097,7 @@ class GqmMachine(RuleBasedStateMachine):
         except NotFoundExpected:
             expected = NotFoundExpected
         assert got == expected, (got, expected)
+        self._note(expected)
 
     @precondition(lambda self: bool(self.known))
     @rule(data=st.data())
