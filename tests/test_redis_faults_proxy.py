@@ -40,7 +40,7 @@ from .test_redis_faults import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from gqm._embedded import EmbeddedRedis
 
@@ -250,16 +250,24 @@ async def test_t6_connection_faults(
 
 
 async def _race(
-    url: str, prefix: str, key: str, clients: int, total: int, socket_timeout: float = 10.0
+    url: str,
+    prefix: str,
+    key: str,
+    clients: int,
+    total: int,
+    socket_timeout: float = 10.0,
+    on_attempt: Callable[[int], None] | None = None,
 ) -> tuple[int, int, int]:
     """``clients`` clients enqueue the unique id ``key`` ``total`` times in all, at once.
+    ``on_attempt(n)`` is called before the n-th attempt (to inject faults at a pace
+    set by the race's own progress, whatever the driver's speed).
     Returns (created, refused as duplicates, connection errors retried)."""
-    created = refused = errors = connected = 0
+    created = refused = errors = connected = attempts = 0
     all_connected = anyio.Event()
     go = anyio.Event()
 
     async def one(per_client: int) -> None:
-        nonlocal created, refused, errors, connected
+        nonlocal created, refused, errors, connected, attempts
         async with gqm.Client(url, prefix=prefix, socket_timeout=socket_timeout) as client:
             await retrying(client.ping)  # connected before the start signal
             connected += 1
@@ -268,6 +276,9 @@ async def _race(
             await go.wait()
             for _ in range(per_client):
                 while True:
+                    attempts += 1
+                    if on_attempt is not None:
+                        on_attempt(attempts)
                     try:
                         await client.enqueue(JOB, 0, job_id=key, unique=True)
                         created += 1
@@ -367,19 +378,19 @@ async def test_t12_unique_race_through_resets(
     job's record and nothing else (invariant checker), and once the job completes with
     ``completed_ttl=0`` the id is free again."""
     key = f"uniq-r-{prefix}"
-    rng = random.Random()
     async with FaultProxy("127.0.0.1", _port(redis_server)) as proxy:
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
 
-            async def faults() -> None:
-                await _inject_faults(proxy, rng, stop, period=0.1)
+        def fault(attempt: int) -> None:
+            # Every 50th attempt resets every connection; 25 attempts later a reply
+            # is lost after Redis ran the command.
+            if attempt % 50 == 0:
+                proxy.reset()
+            elif attempt % 50 == 25:
+                proxy.drop_reply_after_forward(1, match=b"EVALSHA")
 
-            tg.start_soon(faults)
-            created, refused, errors = await _race(
-                proxy.url, prefix, key, clients=50, total=1000, socket_timeout=2
-            )
-            stop.set()
+        created, refused, errors = await _race(
+            proxy.url, prefix, key, clients=50, total=1000, socket_timeout=2, on_attempt=fault
+        )
         resets, dropped = proxy.stats.resets, proxy.stats.dropped_replies
     report(
         record_property,
@@ -397,6 +408,8 @@ async def test_t12_unique_race_through_resets(
     assert created + refused == 1000
     records = await raw(client, "HGET", client.keys.queue("default").jobs, key)
     assert records is not None, "the job exists"
+    assert resets > 0
+    assert dropped > 0
     await check_invariants(client, drained=True)
     execs = Executions()
     server = gqm.Server(
