@@ -1252,6 +1252,7 @@ class GqmMachine(RuleBasedStateMachine):
             queue, [(job_id, token, code, 1 if with_result else 0, n2, delay_ms)]
         )
         assert got == (e_codes, sorted(e_swept), e_fanned), (code, got)
+        self.h.seen[("finish: fenced", "finish: applied", "finish: replay")[e_codes[0]]] += 1
         self._forget(queue, list(swept))
 
     def _current_claims(self) -> list[tuple[str, str, str]]:
@@ -1405,7 +1406,7 @@ async def test_scripts_match_the_model(
             print(
                 f"\nT14 [{anyio_backend}] state machine: {harness.examples} examples "
                 f"(max {EXAMPLES}) x up to {STEPS} steps, {harness.steps} checked states, "
-                f"seed {chosen}, {elapsed:.1f}s\n  job states seen (job x step): "
+                f"seed {chosen}, {elapsed:.1f}s\n  coverage (job states per step, outcomes): "
                 + ", ".join(f"{k} {v}" for k, v in sorted(harness.seen.items()))
             )
             record_property("t14_seed", chosen)
