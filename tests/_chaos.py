@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 
 import gqm
 from gqm._job import JobRecord, record_decoder
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Deep mode (the scenarios' full sizes) runs with GQM_STRESS=1.
 STRESS = os.environ.get("GQM_STRESS") == "1"
+#: Per-test time limit (pytest-timeout): the suite's 120 s, or 30 min for deep sizes.
+TIME_LIMIT = pytest.mark.timeout(1800 if STRESS else 120)
 #: Bound on a worker process getting ready (interpreter start and imports, busy machine).
 START_TIMEOUT = 60.0
 #: Fast-mode lease settings: recovery after a kill within about lease + reap interval.
@@ -341,6 +344,18 @@ async def assert_queues_drained(client: gqm.Client, queues: Iterable[str]) -> No
         assert list(sizes) == [0, 0, 0, 0, 0], (
             f"queue {name}: leases, ready, scheduled, deferred, outbox = {sizes}"
         )
+
+
+def live_lease_losses(tmp_path: Path) -> int:
+    """Leases lost by workers that were alive (their event loop stalled for longer
+    than the lease, e.g. on an overloaded machine): the log lines of the renewer
+    stopping a job and of a refused outcome, over every worker's stderr."""
+    lost = 0
+    for path in tmp_path.glob("*.stderr"):
+        for line in path.read_text(errors="replace").splitlines():
+            if "lost; stopping it" in line or "refused (the claim no longer owns" in line:
+                lost += 1
+    return lost
 
 
 def percentiles(values: list[float]) -> str:

@@ -21,6 +21,7 @@ from ._chaos import (
     LEASE_TTL,
     REAP_INTERVAL,
     STRESS,
+    TIME_LIMIT,
     Fleet,
     executions,
     percentiles,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
+    TIME_LIMIT,
     pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
 ]
 

@@ -22,7 +22,15 @@ import gqm
 from gqm import _dag
 from gqm import _scripts as scripts
 
-from ._chaos import LEASE_TTL, REAP_INTERVAL, START_TIMEOUT, STRESS, executions, worker_args
+from ._chaos import (
+    LEASE_TTL,
+    REAP_INTERVAL,
+    START_TIMEOUT,
+    STRESS,
+    TIME_LIMIT,
+    executions,
+    worker_args,
+)
 from ._chaos_worker import JOB_TYPE, SCRIPT
 from ._worker_proc import WorkerProcess, worker_process
 from .helpers import raw, record, run_script
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
+    TIME_LIMIT,
     pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
 ]
 

@@ -17,7 +17,7 @@ import pytest
 
 import gqm
 
-from ._chaos import STRESS
+from ._chaos import STRESS, TIME_LIMIT
 from ._worker_proc import worker_process
 from .helpers import raw
 from .invariants import assert_invariants
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
+    TIME_LIMIT,
     pytest.mark.filterwarnings("ignore:record_property is incompatible:pytest.PytestWarning"),
 ]
 
