@@ -54,6 +54,7 @@ class Expected:
     """What must become of one job."""
 
     kind: str
+    queue: str
     status: gqm.JobStatus
     runs: int
 
@@ -69,7 +70,7 @@ class Ledger:
 
     def expect(self, job: gqm.Job[Any], kind: str, status: gqm.JobStatus, runs: int) -> None:
         assert job.id not in self.expected, f"id {job.id} handed out twice"
-        self.expected[job.id] = Expected(kind, status, runs)
+        self.expected[job.id] = Expected(kind, job.queue, status, runs)
 
 
 async def _enqueue_mix(client: gqm.Client, factor: int, ledger: Ledger) -> None:
@@ -287,6 +288,18 @@ async def test_escalating_conservation(
         max(0, n - ledger.expected[i].runs) for i, n in ledger.runs.items() if i in ledger.expected
     )
     assert duplicates == 0
+
+    # The queues' counters agree with the books: each completion and each failed run
+    # counted once (a replayed or doubled finish would count twice).
+    processed: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    for want in ledger.expected.values():
+        if want.status is gqm.JobStatus.COMPLETED:
+            processed[want.queue] += 1
+        elif want.status is gqm.JobStatus.DEAD_LETTER:
+            failed[want.queue] += want.runs
+    counters = {i.name: (i.processed_total, i.failed_total) for i in await client.queues()}
+    assert {q: counters[q] for q in QUEUES} == {q: (processed[q], failed[q]) for q in QUEUES}
 
     # Nothing left behind in any queue: no waiting, leased or deferred entry, no
     # unapplied outbox entry, and no edge list orphaned by its parent's record (edge
