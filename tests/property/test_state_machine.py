@@ -1083,7 +1083,7 @@ class GqmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.known))
     @rule(data=st.data())
     def abort(self, data: st.DataObject) -> None:
-        job_id = self._pick(data, "processing", "ready", "deferred", "scheduled", "retry")
+        job_id = self._pick(data, "processing")
 
         async def go() -> str:
             return await self.client.abort(job_id)
@@ -1156,7 +1156,7 @@ class GqmMachine(RuleBasedStateMachine):
     @rule(
         queue=st.sampled_from(QUEUES),
         outcomes=st.lists(
-            st.sampled_from(["complete", "complete", "fail", "fail", "stop", "hand_back"]),
+            st.sampled_from(["complete", "complete", "fail", "fail", "fatal", "stop", "hand_back"]),
             min_size=1,
             max_size=4,
         ),
@@ -1194,7 +1194,7 @@ class GqmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.tokens))
     @rule(
         data=st.data(),
-        outcome=st.sampled_from(["complete", "fail", "fail", "stop", "hand_back"]),
+        outcome=st.sampled_from(["complete", "fail", "fail", "fatal", "stop", "hand_back"]),
         counted=st.booleans(),
         with_result=st.booleans(),
         delay_ms=st.sampled_from([0, 2000, 20_000]),
@@ -1223,7 +1223,8 @@ class GqmMachine(RuleBasedStateMachine):
         delay_ms: int,
     ) -> None:
         rec = self.model.queues[queue].jobs.get(job_id)
-        code = {"complete": "c", "stop": "s", "hand_back": "h"}.get(outcome, "r")
+        # "fatal" is a SkipRetry: straight to the dead-letter queue.
+        code = {"complete": "c", "fatal": "d", "stop": "s", "hand_back": "h"}.get(outcome, "r")
         if outcome == "fail":
             # The runner's decision: only counted failures count toward max_retry.
             max_retry = DEFAULT_MAX_RETRY
@@ -1267,13 +1268,34 @@ class GqmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self._current_claims()))
     @rule(
         data=st.data(),
-        outcome=st.sampled_from(["complete", "fail", "fail", "stop"]),
+        outcome=st.sampled_from(["complete", "fail", "fail", "fatal", "stop"]),
         counted=st.booleans(),
     )
     def finish_running(self, data: st.DataObject, outcome: str, counted: bool) -> None:
         """A worker that still owns its job records its outcome (weights the common
         case: most finishes in production are by the owner)."""
         self.finish(data, outcome, counted, with_result=True, delay_ms=0)
+
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        outcome=st.sampled_from(["complete", "fail", "fatal", "stop", "hand_back"]),
+        counted=st.booleans(),
+    )
+    def abort_races_the_worker(self, queue: str, outcome: str, counted: bool) -> None:
+        """A worker claims a job; an abort reaches it while the worker records an
+        outcome anyway (the handler had just returned or failed, or the server was
+        shutting down and handed it back)."""
+        claimed = self._claim(queue, 1)
+        if not claimed:
+            return
+        ((job_id, token),) = claimed
+
+        async def go() -> str:
+            return await self.client.abort(job_id)
+
+        got = self.h.call(go)
+        assert got == self.model.abort(job_id) == "signalled", got
+        self._finish_with(queue, job_id, token, outcome, counted, False, 0)
 
     @rule(queue=st.sampled_from(QUEUES))
     def reap(self, queue: str) -> None:
