@@ -8,6 +8,7 @@
 --           'd' dead:      data = error
 --           's' stopped (aborted while running): data = reason
 --           'h' hand back (shutdown): the claim is undone and does not count
+--   A job flagged for abort that gets 'r' or 'h' is recorded as stopped instead.
 -- Returns {codes, swept, fanned}: per job 1 done, 2 already done by this same token (a
 --   replayed call), 0 refused (the token no longer owns the job: its lease was lost);
 --   swept are ids whose retention expired; fanned counts outbox entries for dependents.
@@ -30,6 +31,12 @@ for i = 5, #ARGV, 6 do
       code = 1
       redis.call('ZREM', leases, id)
       rec.worker_id = nil
+      if rec.abort and (outcome == 'r' or outcome == 'h') then
+        -- An abort was asked of this run, which failed or was handed back before it took
+        -- effect: it must not run again (as reap.lua does for a dead worker's job).
+        outcome = 's'
+        data = 'aborted: ' .. rec.abort
+      end
       if outcome == 'c' then
         rec.status = 'completed'
         rec.error = nil
@@ -79,7 +86,7 @@ for i = 5, #ARGV, 6 do
     elseif (outcome == 'c' and rec.status == 'completed')
         or (outcome == 'r' and (rec.status == 'retry' or rec.status == 'scheduled'))
         or (outcome == 'd' and rec.status == 'dead_letter')
-        or (outcome == 's' and rec.status == 'stopped') then
+        or ((outcome == 's' or outcome == 'r' or outcome == 'h') and rec.status == 'stopped') then
       code = 2
     end
   end

@@ -576,6 +576,9 @@ class Model:
                 if rec.status == "processing":
                     code = 1
                     q.leases.pop(job_id, None)
+                    if rec.abort and outcome in ("r", "h"):
+                        # The abort asked of this run wins: it must not run again.
+                        outcome = "s"
                     if outcome == "c":
                         rec.status = "completed"
                         if n1 == 1 and self.completed_ttl != 0:
@@ -612,7 +615,7 @@ class Model:
                     (outcome == "c" and rec.status == "completed")
                     or (outcome == "r" and rec.status in ("retry", "scheduled"))
                     or (outcome == "d" and rec.status == "dead_letter")
-                    or (outcome == "s" and rec.status == "stopped")
+                    or (outcome in ("s", "r", "h") and rec.status == "stopped")
                 ):
                     code = 2
             codes.append(code)
@@ -1464,4 +1467,35 @@ async def test_admin_retry_forgets_an_earlier_abort(client: gqm.Client) -> None:
         driver, scripts.script("renew"), scripts.renew_keys(q), [30_000, job.id, token]
     )
     assert (lost, aborted) == ([], [])
+    assert await find_violations(client) == []
+
+
+@pytest.mark.parametrize("outcome", ["r", "h"])
+async def test_abort_wins_over_a_retry_or_hand_back(client: gqm.Client, outcome: str) -> None:
+    """Regression (found with the model): an abort that reaches a running job just as
+    its handler fails (retry) or its server hands it back (shutdown) used to be lost:
+    the job went back to wait and ran again, although abort() had answered "signalled"
+    and promises it ends as stopped. It is now recorded as stopped; a replay of the same
+    call is recognised."""
+    job = await client.enqueue("t", None)
+    q = client.keys.queue("default")
+    driver = await client._driver()
+    attempt = uuid.uuid4().hex
+    claim_args: list[Any] = [1, 30_000, "w", attempt]
+    reply = await scripts.run(
+        driver, scripts.script("claim"), scripts.claim_keys(q, attempt), claim_args
+    )
+    token = _s(reply[1])
+    assert await client.abort(job.id) == "signalled"
+    args: list[Any] = [-1, -1, client.keys.done_channel, q.wake, job.id, token, outcome, b"e", 0, 1]
+    for expected in (1, 2):
+        (codes, _swept, _fanned) = await scripts.run(
+            driver, scripts.script("finish"), scripts.finish_keys(q), args
+        )
+        assert codes == [expected]
+    stored = await client.get_job(job.id)
+    assert stored.status is gqm.JobStatus.STOPPED
+    assert stored.error == "aborted: aborted by request"
+    assert await driver.execute("LLEN", q.ready) == 0
+    assert await driver.execute("ZCARD", q.scheduled) == 0
     assert await find_violations(client) == []
