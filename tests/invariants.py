@@ -16,7 +16,8 @@ What it knows comes from ``gqm._keys`` and the Lua scripts:
 * no index entry, lease, payload, result or dependents list without its job record;
   a processing job has a lease and a claim token, nothing else has a lease;
 * zset scores agree with the record (due time of scheduled/retry jobs, finish time of
-  terminal ones), and a deferred job has pending parents, no other job has;
+  terminal ones), and a deferred job has pending parents, no other job has; only a
+  running (or finished) job carries an abort flag;
 * the global id index (``ids``) names the queue of every live job. An index entry whose
   job is gone is harmless by design (DESIGN §4) and is never reported; a terminal record
   may have lost its entry to a newer job with the same id on another queue (whose sweep
@@ -255,6 +256,10 @@ def _check_queue(data: _Queue, ids: dict[str, str], twice: set[str], out: list[s
             out.append(f"[{KIND_TWO_INDEXES}] {what} is in {', '.join(found)}")
         if status != "processing" and job_id in data.zsets["leases"]:
             out.append(f"[{KIND_LEASE}] {what} holds a lease but is not processing")
+        if rec.get("abort") and status not in TERMINAL and status != "processing":
+            # Only a running job can be flagged; every way out of processing either ends
+            # the job or turns the flag into `stopped`, so a waiting job never has one.
+            out.append(f"[{KIND_BAD_RECORD}] {what} is flagged for abort but not running")
         if status == "processing" and not rec.get("token"):
             out.append(f"[{KIND_LEASE}] {what} has no claim token")
         # Scores tell when: the due time of a waiting job, the finish time of a finished one.

@@ -139,6 +139,18 @@ async def test_status_disagrees_with_index(client: gqm.Client) -> None:
     assert "not in scheduled" in found[0]
 
 
+async def test_abort_flag_on_a_waiting_job(client: gqm.Client) -> None:
+    """An abort flag left on a job that is not running (it would be stopped as soon as
+    it runs again) is reported."""
+    job_id = await _ready_job(client)
+    rec = await _record(client, "default", job_id)
+    rec["abort"] = "aborted by request"
+    await _put_record(client, "default", rec)
+    found = await inv.find_violations(client)
+    assert inv.kinds(found) == {inv.KIND_BAD_RECORD}, found
+    assert "flagged for abort" in found[0]
+
+
 async def test_job_in_no_index(client: gqm.Client) -> None:
     """A ready job removed from its list (it would never run) is reported."""
     job_id = await _ready_job(client)
