@@ -22,11 +22,10 @@ What it knows comes from ``gqm._keys`` and the Lua scripts:
   job is gone is harmless by design (DESIGN §4) and is never reported; a terminal record
   may have lost its entry to a newer job with the same id on another queue (whose sweep
   then drops the entry), so finished jobs are not checked;
-* a job id is held by one queue only, as the client enforces: two records of one id (on
-  two queues) may coexist only when at most one is live, at most one is unique and no
-  live one is unique. gqm keeps no separate unique-lock keys: the retained record *is*
-  the lock (``unique=True``), so a "ghost lock" shows up as an id held twice, or as a
-  record nothing can finish (reported by the state checks);
+* a job id is live on one queue only, as the client enforces (finished records of the
+  id may remain on other queues). gqm keeps no separate unique-lock keys: the retained
+  record *is* the lock (``unique=True``), so a "ghost lock" shows up as an id live
+  twice, or as a record nothing can finish (reported by the state checks);
 * DAG: a dependents list belongs to an existing parent (its children may be gone, or
   their ids reused: announcing to them is harmless); with ``drained=True`` every
   pending parent of a deferred job is live and lists the child (else the child is
@@ -401,22 +400,20 @@ async def find_violations(
         if _s(cursor) == "0":
             break
     read = {n: await _read_queue(client, driver, n, memo_keys.get(n, []), out) for n in names}
-    # One id, one holder. The client refuses an id that another queue holds live, and a
-    # unique enqueue of an id held anywhere; a non-unique job may reuse the id of a
-    # finished one (unique or not). So two records of one id may coexist only if at most
-    # one is live, at most one is unique, and a live one is not unique.
+    # One id, one live holder. The client refuses an id that another queue holds live.
+    # Finished records may share an id with a live job elsewhere: a non-unique job may
+    # reuse the id of a finished one, and once the id index has forgotten a swept record
+    # even a unique enqueue cannot see a record retained on another queue (cross-queue
+    # uniqueness goes through the index, and is best effort).
     holders: dict[str, list[dict[str, Any]]] = {}
     for data in read.values():
         for job_id, rec in data.jobs.items():
             holders.setdefault(job_id, []).append(rec)
-    twice: set[str] = set()
-    for job_id, recs in holders.items():
-        if len(recs) < 2:
-            continue
-        live = [r for r in recs if r.get("status") not in TERMINAL]
-        unique = [r for r in recs if r.get("unique")]
-        if len(live) > 1 or len(unique) > 1 or any(r.get("unique") for r in live):
-            twice.add(job_id)
+    twice = {
+        job_id
+        for job_id, recs in holders.items()
+        if sum(r.get("status") not in TERMINAL for r in recs) > 1
+    }
     for job_id in sorted(twice):
         out.append(
             f"[{KIND_ID_TWICE}] job id {job_id} is held by queues "
