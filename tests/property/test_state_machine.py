@@ -1167,11 +1167,16 @@ class GqmMachine(RuleBasedStateMachine):
         delay_ms=st.sampled_from([0, 2000, 20_000]),
     )
     def work(self, queue: str, outcomes: list[str], counted: bool, delay_ms: int) -> None:
-        """A worker claims a few jobs and records an outcome for each (the common path,
-        in one step so that jobs move through their whole life often)."""
+        """A worker claims a few jobs and records an outcome for each, in one finish
+        call (the common path, in one step so that jobs move through their whole life
+        often; the finisher batches outcomes the same way)."""
         claimed = self._claim(queue, len(outcomes))
-        for (job_id, token), outcome in zip(claimed, outcomes, strict=False):
-            self._finish_with(queue, job_id, token, outcome, counted, True, delay_ms)
+        ops = [
+            (job_id, token, outcome, counted, True, delay_ms)
+            for (job_id, token), outcome in zip(claimed, outcomes, strict=False)
+        ]
+        if ops:
+            self._finish_many(queue, ops)
 
     @precondition(lambda self: self.last_claim is not None)
     @rule()
@@ -1225,38 +1230,40 @@ class GqmMachine(RuleBasedStateMachine):
         with_result: bool,
         delay_ms: int,
     ) -> None:
-        rec = self.model.queues[queue].jobs.get(job_id)
-        # "fatal" is a SkipRetry: straight to the dead-letter queue.
-        code = {"complete": "c", "fatal": "d", "stop": "s", "hand_back": "h"}.get(outcome, "r")
-        if outcome == "fail":
-            # The runner's decision: only counted failures count toward max_retry.
-            max_retry = DEFAULT_MAX_RETRY
-            if rec is not None and rec.max_retry is not None:
-                max_retry = rec.max_retry
-            retries = (rec.retry_count if rec else 0) + (1 if counted else 0)
-            code = "d" if counted and retries > max_retry else "r"
-        n1 = 1 if (code == "c" and with_result) else (delay_ms if code == "r" else 0)
-        n2 = 1 if (code == "r" and counted) else 0
+        self._finish_many(queue, [(job_id, token, outcome, counted, with_result, delay_ms)])
+
+    def _finish_many(self, queue: str, ops: list[tuple[str, str, str, bool, bool, int]]) -> None:
+        """One finish script call for ``ops`` (as the finisher batches a queue's
+        outcomes): (id, token, outcome, counted, with_result, delay_ms) each."""
         q = self.client.keys.queue(queue)
-        args = [
+        args: list[Any] = [
             self.model.completed_ttl,
             self.model.dead_ttl,
             self.client.keys.done_channel,
             q.wake,
-            job_id,
-            token,
-            code,
-            b"1" if code == "c" else b"err",
-            n1,
-            n2,
         ]
+        model_ops: list[tuple[str, str, str, int, int, int]] = []
+        for job_id, token, outcome, counted, with_result, delay_ms in ops:
+            rec = self.model.queues[queue].jobs.get(job_id)
+            # "fatal" is a SkipRetry: straight to the dead-letter queue.
+            code = {"complete": "c", "fatal": "d", "stop": "s", "hand_back": "h"}.get(outcome, "r")
+            if outcome == "fail":
+                # The runner's decision: only counted failures count toward max_retry.
+                max_retry = DEFAULT_MAX_RETRY
+                if rec is not None and rec.max_retry is not None:
+                    max_retry = rec.max_retry
+                retries = (rec.retry_count if rec else 0) + (1 if counted else 0)
+                code = "d" if counted and retries > max_retry else "r"
+            n1 = 1 if (code == "c" and with_result) else (delay_ms if code == "r" else 0)
+            n2 = 1 if (code == "r" and counted) else 0
+            args += [job_id, token, code, b"1" if code == "c" else b"err", n1, n2]
+            model_ops.append((job_id, token, code, 1 if with_result else 0, n2, delay_ms))
         codes, swept, fanned = self._run("finish", scripts.finish_keys(q), args)
         got = (list(codes), sorted(_s(i) for i in swept), fanned)
-        e_codes, e_swept, e_fanned = self.model.finish(
-            queue, [(job_id, token, code, 1 if with_result else 0, n2, delay_ms)]
-        )
-        assert got == (e_codes, sorted(e_swept), e_fanned), (code, got)
-        self.h.seen[("finish: fenced", "finish: applied", "finish: replay")[e_codes[0]]] += 1
+        e_codes, e_swept, e_fanned = self.model.finish(queue, model_ops)
+        assert got == (e_codes, sorted(e_swept), e_fanned), (model_ops, got)
+        for c in e_codes:
+            self.h.seen[("finish: fenced", "finish: applied", "finish: replay")[c]] += 1
         self._forget(queue, list(swept))
 
     def _current_claims(self) -> list[tuple[str, str, str]]:
