@@ -1348,6 +1348,13 @@ class GqmMachine(RuleBasedStateMachine):
             sorted(self.model.registered), self.model.dead_ttl
         )
 
+        # Drained: every outbox is empty and no deferred job waits on a parent whose
+        # outcome can no longer reach it (T13's "0 dependents stuck in deferred").
+        async def check() -> list[str]:
+            return await find_violations(self.client, drained=True)
+
+        assert self.h.call(check) == []
+
     @rule(ms=st.sampled_from([1, 999, 5000, 10_000, 30_000, 100_000]))
     def advance_clock(self, ms: int) -> None:
         self._set_clock(self.model.now + ms)
