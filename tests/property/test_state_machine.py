@@ -114,6 +114,8 @@ def clocked_script(name: str) -> scripts.Script:
 
 @dataclass
 class MJob:
+    """The model of one job record (the fields the scripts read and write)."""
+
     id: str
     queue: str
     status: str
@@ -136,6 +138,8 @@ class MJob:
 
 @dataclass
 class MQueue:
+    """The model of one queue's keys (``_keys.QueueKeys``)."""
+
     jobs: dict[str, MJob] = field(default_factory=dict)
     #: Head (next to be claimed) first.
     ready: list[str] = field(default_factory=list)
@@ -154,7 +158,7 @@ class MQueue:
 
 
 class DuplicateExpected(Exception):
-    pass
+    """The model says: DuplicateJobError (the other *Expected: the other refusals)."""
 
 
 class DependencyExpected(Exception):
