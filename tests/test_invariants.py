@@ -69,6 +69,10 @@ async def test_healthy_run_reports_nothing(
         return kind
 
     server.handle("work", work)
+    # A cron entry firing every second (its jobs complete like the others).
+    server.schedule(
+        gqm.CronEntry(id="tick", cron_expr="* * * * * *", job_type="work", payload={"kind": "ok"})
+    )
     plain = [await client.enqueue("work", {"kind": "ok"}) for _ in range(5)]
     delayed = [await client.enqueue_in("work", {"kind": "ok"}, 0.3) for _ in range(2)]
     flaky = await client.enqueue("work", {"kind": "flaky"}, retry_intervals=[0.05])
@@ -88,6 +92,12 @@ async def test_healthy_run_reports_nothing(
         for job in (bad, fatal, doomed, doomed2):
             with pytest.raises(gqm.JobFailedError):
                 await client.result(job.id, timeout=20)
+        with anyio.fail_after(20):
+            # Polling Redis: wait for the first cron fire to be recorded.
+            while True:
+                if await client.cron_last_run("tick") is not None:
+                    break
+                await anyio.sleep(0.05)
     assert attempts[flaky.id] == 2
     assert attempts[bad.id] == 2
     assert await inv.find_violations(client, drained=True) == []
