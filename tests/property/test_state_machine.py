@@ -1182,6 +1182,31 @@ class GqmMachine(RuleBasedStateMachine):
         if ops:
             self._finish_many(queue, ops)
 
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        outcome=st.sampled_from(["complete", "fail", "fatal", "stop", "hand_back"]),
+        counted=st.booleans(),
+    )
+    def finish_replayed(self, queue: str, outcome: str, counted: bool) -> None:
+        """A worker's finish call is sent twice (its reply was lost and the finisher
+        retried): the second is recognised as a replay (or refused, for a hand-back,
+        which gives the claim up), never applied twice."""
+        claimed = self._claim(queue, 1)
+        if claimed:
+            ((job_id, token),) = claimed
+            for _ in range(2):
+                self._finish_with(queue, job_id, token, outcome, counted, True, 0)
+
+    @rule()
+    def script_cache_flushed(self) -> None:
+        """Redis forgets its scripts (SCRIPT FLUSH, as after a restart): the next calls
+        get NOSCRIPT and are re-sent with their source, with no effect on the state."""
+
+        async def go() -> None:
+            await (await self.client._driver()).execute("SCRIPT", "FLUSH")
+
+        self.h.call(go)
+
     @precondition(lambda self: self.last_claim is not None)
     @rule()
     def claim_replayed(self) -> None:
