@@ -91,7 +91,9 @@ async def test_t8_sentinel_failover(min_replicas: int, record_property: Any) -> 
     writes until Sentinel demotes it, seconds after the promotion; what gqm wrote there
     meanwhile is dropped when it resyncs (reported: acknowledged jobs whose records are
     missing, and any that never ran). With ``min-replicas-to-write 1`` it refuses them
-    (NOREPLICAS, retried by gqm), so nothing acknowledged is lost: asserted.
+    (NOREPLICAS, retried by gqm): asserted; what can still be lost is a write
+    acknowledged just before the promotion that had not replicated yet (asynchronous
+    replication; gqm has no WAIT mode), reported and asserted to be only that.
     """
     n, switch_at = (3000, 1000) if STRESS else (600, 200)
     args = ["--appendonly", "no"]
@@ -197,6 +199,7 @@ async def _stream_through_failover(
     first_ack = min(t for t in producer.acked.values() if t >= demoted_at) - demoted_at
     first_run = min(t for t in execs.first.values() if t >= demoted_at) - demoted_at
     missing = setup.n + len(probes) - len(kept)
+    window = sum(1 for t in producer.acked.values() if promoted_at <= t < demoted_at)
     report(
         record_property,
         "asyncio",
@@ -206,9 +209,7 @@ async def _stream_through_failover(
         old_primary_demoted_after_s=round(demoted_at - started, 3),
         first_ack_after_demotion_s=round(first_ack, 3),
         first_run_after_demotion_s=round(first_run, 3),
-        acked_between_promotion_and_demotion=sum(
-            1 for t in producer.acked.values() if promoted_at <= t < demoted_at
-        ),
+        acked_between_promotion_and_demotion=window,
         acked_never_ran=len(lost),
         acked_records_missing_on_new_primary=missing,
         enqueue_connection_errors=producer.connection_errors,
@@ -221,7 +222,11 @@ async def _stream_through_failover(
     assert counts["ready"] == counts["leases"] == counts["scheduled"] == 0
     assert counts["completed"] == len(kept)
     if setup.min_replicas:
-        # The old primary refused writes once its replica was promoted: nothing that
-        # was acknowledged is missing.
-        assert lost == set()
-        assert missing == 0
+        # The old primary refused every write once its replica was promoted (nothing
+        # was acknowledged in the split-brain window). Replication stays asynchronous:
+        # a write acknowledged just before the promotion may not have reached the
+        # replica (no WAIT), so a loss is possible there, and only there.
+        assert window == 0
+        assert all(producer.acked[i] < promoted_at for i in lost), lost
+        missing_ids = {*ids, *probes} - kept
+        assert all(producer.acked[i] < promoted_at for i in missing_ids), missing_ids
