@@ -30,7 +30,7 @@ from gqm_web._errors import STATUS
 from gqm_web._routing import ROUTES, Access, Route
 from gqm_web._types import JobDetail, JobIdsBody, JobView, LoginBody
 
-from .helpers import run_script, serving, serving_after_heartbeat
+from .helpers import raw, run_script, serving, serving_after_heartbeat
 from .webapp import CSRF, KEYS, Api, FakeClock, running_api, settings
 
 if TYPE_CHECKING:
@@ -187,6 +187,28 @@ async def test_health_without_redis_is_degraded_not_an_error() -> None:
         )
         assert health["error"] == "RedisConnectionError"
         refused(await served.http.get(f"{V1}/queues"), Code.UNAVAILABLE)
+
+
+async def test_health_fails_when_scripts_cannot_run(redis_url: str, prefix: str) -> None:
+    """T7: /health is not PING alone. A Redis user that may PING but not run scripts
+    (an ACL without @scripting) gets 503 ``degraded``, as the workers would fail."""
+    user, password = f"noscripts-{prefix}", "pw-" + prefix
+    async with gqm.Client(redis_url, prefix=prefix) as admin:
+        await raw(admin, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all",
+                  "-@scripting")  # fmt: skip
+        try:
+            async with (
+                gqm.Client(redis_url, prefix=prefix, username=user, password=password) as c,
+                running_api(c, settings(users=(), api_keys=())) as served,
+            ):
+                assert await raw(c, "PING") == b"PONG"
+                r = await served.http.get("/health")
+                assert r.status_code == 503
+                health = r.json()["data"]
+                assert (health["status"], health["redis"]) == ("degraded", False)
+                assert health["error"] == "RedisReplyError"
+        finally:
+            await raw(admin, "ACL", "DELUSER", user)
 
 
 async def test_api_key_calls_without_redis_are_unavailable_not_internal() -> None:
