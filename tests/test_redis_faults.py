@@ -498,7 +498,7 @@ async def test_t9_noeviction_oom_then_drain(
         prefix = f"t9{uuid.uuid4().hex[:6]}"
         execs = Executions()
 
-        def make_server() -> gqm.Server:
+        def make_server(*, cron: bool = False) -> gqm.Server:
             # Completed records are deleted at once, so that draining frees the memory.
             server = gqm.Server(
                 redis.url,
@@ -510,6 +510,9 @@ async def test_t9_noeviction_oom_then_drain(
                 eviction_check="refuse",
             )
             server.handle(JOB, execs.handler)
+            if cron:
+                # Once a year: registering it needs writes, never a fire during the test.
+                server.schedule(gqm.CronEntry(id="yearly", cron_expr="@yearly", job_type=JOB))
             return server
 
         async with gqm.Client(redis.url, prefix=prefix) as client, serving(make_server()):
@@ -538,8 +541,10 @@ async def test_t9_noeviction_oom_then_drain(
             used = await raw(client, "INFO", "memory")
             stored = await raw(client, "HLEN", client.keys.queue("default").jobs)
             await check_invariants(client)
-            # A second server, started while Redis is full, must come up too.
-            async with serving(make_server()):
+            # A second server, started while Redis is full, must come up too, although
+            # its cron entry cannot be written yet: its heartbeat writes it later.
+            assert await client.cron_entries() == []
+            async with serving(make_server(cron=True)):
                 await client.resume("default")
                 await execs.wait_for(enqueued, timeout=120)
                 with anyio.fail_after(60):
@@ -547,6 +552,10 @@ async def test_t9_noeviction_oom_then_drain(
                         await anyio.sleep(0.05)
                 after = await client.enqueue(JOB, payload)
                 await execs.wait_for([after.id], timeout=30)
+                with anyio.fail_after(30):  # a heartbeat (5 s) after the memory is free
+                    while not await client.cron_entries():  # noqa: ASYNC110
+                        await anyio.sleep(0.1)
+                assert [e.id for e in await client.cron_entries()] == ["yearly"]
             await check_invariants(client, drained=True)
             left = await raw(client, "HLEN", client.keys.queue("default").jobs)
     peak = next(

@@ -238,6 +238,8 @@ class Server:
         self._pools_scope: anyio.CancelScope | None = None
         #: The queues this server serves (re-registered by every heartbeat).
         self._queue_names: list[str] = []
+        #: Whether Redis holds this server's cron entries (the heartbeat retries if not).
+        self._cron_registered = False
 
     @classmethod
     def from_config(cls, config: GqmConfig, **overrides: Any) -> Server:
@@ -494,7 +496,7 @@ class Server:
                     # Redis refuses writes (OOM, say): the registry is for listing queues
                     # only, and the heartbeat writes it again; serving must not wait.
                     log.warning("could not register the queues (%s); will retry", err)
-            await register_cron(driver, keys, list(self._cron.values()))
+            self._cron_registered = await self._register_cron(driver)
             cron_signal = Signal()
             hub.on_message(keys.abort_channel, self._on_abort)
             hub.on_message(keys.cron_wake, lambda _data: cron_signal.fire())
@@ -693,6 +695,17 @@ class Server:
                     if self._pools_scope is not None:
                         self._pools_scope.cancel()
 
+    async def _register_cron(self, driver: Any) -> bool:
+        """Write this server's cron entries; False when Redis refused the writes (OOM,
+        a read-only replica), which the heartbeat then tries again: a full Redis must
+        not keep a server from starting and draining it."""
+        try:
+            await register_cron(driver, self._conn.keys, list(self._cron.values()))
+        except RedisReplyError as err:
+            log.warning("could not register the cron entries (%s); will retry", err)
+            return False
+        return True
+
     async def _heartbeat(self, driver: Any) -> None:
         """Publish this server's record every few seconds, and re-register its queues.
 
@@ -748,7 +761,9 @@ class Server:
                         "again",
                         self.server_id,
                     )
-                    await register_cron(driver, self._conn.keys, list(self._cron.values()))
+                    self._cron_registered = False
+                if not self._cron_registered:
+                    self._cron_registered = await self._register_cron(driver)
                 beats += 1
             except RedisError as err:
                 log.warning("heartbeat failed: %s", err)
