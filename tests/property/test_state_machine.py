@@ -18,8 +18,8 @@ stay exactly gqm's (a standalone Redis allows it; the copies never run on a clus
 
 Hypothesis's state machines are synchronous and gqm is async: the machine runs in a
 worker thread and calls into the test's event loop with ``anyio.from_thread.run``, so it
-runs on both backends, with each backend's real driver (redis-py on asyncio, coredis on
-trio).
+runs on both backends, each with gqm's default driver for it (``GQM_DRIVER`` picks
+another).
 
 Fast mode: 100 examples x 30 steps per backend. ``GQM_STRESS=1``: 2,000 x 50 (override
 with ``GQM_SM_EXAMPLES`` / ``GQM_SM_STEPS``).
