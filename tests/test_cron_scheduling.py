@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import pytest
 
 import gqm
@@ -211,6 +212,46 @@ async def test_tick_later_than_the_grace_is_skipped(
     with pytest.raises(gqm.JobNotFoundError):
         await client.get_job(f"cron:stale:{stale}")
     assert stale not in {h.tick for h in await client.cron_history("stale")}
+
+
+async def test_a_fire_whose_taker_died_runs_late_within_the_grace(
+    client: gqm.Client, make_server: Callable[..., gqm.Server]
+) -> None:
+    """T11: a server took two fires out of the outbox and died before enqueueing them,
+    while later ticks of the entry fired. Both come back to the outbox; the one 20 s old
+    runs late (within the 60 s grace: no tick is lost to a crash), the one 120 s old is
+    recorded as missed and makes no job."""
+    runs = Fires()
+
+    async def tick(job: gqm.Job[Any]) -> None:
+        runs.add(job.id)
+
+    cron = entry("crashed-taker", "tick", YEARLY)
+    await register_cron(await client._conn.get(), client.keys, [cron])
+    now = await redis_now(client)
+    late, too_late = now - 20_000, now - 120_000
+    # A later tick has fired since (its job is gone: the overlap check lets this run).
+    await raw(client, "HSET", client.keys.cron_fired, cron.id, now - 1000)
+    for t in (late, too_late):
+        fire = msgspec.json.encode({"id": cron.id, "tick": t, "job_id": f"cron:{cron.id}:{t}"})
+        # Taken 15 s ago by a taker that never recorded it.
+        await raw(client, "ZADD", client.keys.cron_taken, now - 15_000, fire)
+    server = make_server(misfire_grace=60.0)
+    server.handle("tick", tick)
+    server.schedule(cron)
+    async with serving(server):
+        await runs.wait_for(lambda: bool(runs.ids), timeout=15)
+        with anyio.fail_after(15):  # polling Redis: the history has no event to wait on
+            while len(await client.cron_history(cron.id)) < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+    assert runs.ids == [f"cron:{cron.id}:{late}"]
+    outcomes = {h.tick: h.outcome for h in await client.cron_history(cron.id)}
+    assert outcomes == {late: "enqueued", too_late: "missed"}
+    with pytest.raises(gqm.JobNotFoundError):
+        await client.get_job(f"cron:{cron.id}:{too_late}")
+    # The later tick stays the last fired one (the overlap check looks for its job).
+    assert await raw(client, "HGET", client.keys.cron_fired, cron.id) == str(now - 1000).encode()
+    assert await raw(client, "ZCARD", client.keys.cron_taken) == 0
 
 
 async def test_tick_late_within_the_grace_fires_once(

@@ -59,8 +59,10 @@ log = logging.getLogger("gqm.cron")
 #: History entries kept per cron entry.
 HISTORY_KEEP = 100
 _DUE_BATCH = 100
-#: A fire taken for enqueueing but not recorded after this long goes back to the outbox.
-_TAKEN_STALE_MS = 30_000
+#: A fire taken for enqueueing but not recorded after this long goes back to the outbox
+#: (its taker died). Processing takes milliseconds; a slow taker that is overtaken does
+#: no harm, since the fire's job id is deterministic and unique.
+_TAKEN_STALE_MS = 10_000
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -197,15 +199,23 @@ async def register(driver: Driver, keys: Keys, entries: list[CronEntry]) -> None
     )
 
 
-async def fire(client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id: str) -> str:
+async def fire(
+    client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id: str, *, grace_ms: int
+) -> str:
     """Enqueue one fire of ``entry`` under ``job_id``, applying its overlap policy.
-    Returns the outcome recorded in the history."""
+    Returns the outcome recorded in the history.
+
+    A fire processed after a later tick of its entry (its taker died before enqueueing
+    it, and it came back to the outbox) is a late fire: within the misfire grace it
+    still runs, so that a crash does not lose a tick, under the overlap policy against
+    the latest fire's job ("replace" then acts as "skip": an older tick never aborts a
+    newer run); past the grace it is missed, like any late tick.
+    """
     driver = await client._conn.get()
     last_tick = await driver.execute("HGET", keys.cron_fired, entry.id)
-    if last_tick is not None and tick < int(last_tick):
-        # Processed after a later tick (its taker died and it came back): running it
-        # now would go against the overlap policy, and its time has passed.
-        return "stale"
+    out_of_order = last_tick is not None and tick < int(last_tick)
+    if out_of_order and await redis_now_ms(driver) - tick > grace_ms:
+        return "missed"
     if last_tick is not None and entry.overlap_policy != OverlapPolicy.ALLOW:
         previous = f"cron:{entry.id}:{int(last_tick)}"
         try:
@@ -213,7 +223,7 @@ async def fire(client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id
         except JobNotFoundError:
             status = None
         if status is not None and status not in TERMINAL_STATES and previous != job_id:
-            if entry.overlap_policy == OverlapPolicy.SKIP:
+            if entry.overlap_policy == OverlapPolicy.SKIP or out_of_order:
                 return "skipped"
             with contextlib.suppress(JobNotFoundError):  # it finished and was swept meanwhile
                 await client.abort(previous, reason=f"replaced by the cron tick {tick}")
@@ -226,7 +236,7 @@ async def fire(client: Client, keys: Keys, entry: StoredEntry, tick: int, job_id
     return "enqueued"
 
 
-async def drain_outbox(client: Client, keys: Keys) -> int:
+async def drain_outbox(client: Client, keys: Keys, *, grace_ms: int) -> int:
     """Enqueue the fires waiting in the cron outbox. Safe to run on many servers at once."""
     driver = await client._conn.get()
     # The list is LPUSHed: its oldest fires are at the right end.
@@ -247,7 +257,9 @@ async def drain_outbox(client: Client, keys: Keys) -> int:
         outcome = "deleted"
         if stored is not None:
             try:
-                outcome = await fire(client, keys, stored_decoder.decode(stored), tick, job_id)
+                outcome = await fire(
+                    client, keys, stored_decoder.decode(stored), tick, job_id, grace_ms=grace_ms
+                )
             except RedisError:
                 raise  # the fire stays taken and comes back to the outbox
             except Exception as err:
@@ -322,7 +334,7 @@ async def cron_forever(
                             call[2][1],
                         )
                 wait = 0
-            await drain_outbox(client, keys)
+            await drain_outbox(client, keys, grace_ms=grace_ms)
             if next_in >= 0 and wait:
                 wait = min(wait, next_in / 1000)
         except RedisError as err:
