@@ -14,6 +14,10 @@ Scenarios (no-op jobs, as in the original's table):
 * ``e2e``: a producer enqueues while the server (10 workers) runs;
 * ``payload10k`` / ``payload100k``: drain with 10 KB / 100 KB payloads;
 * ``latency``: 1,000 jobs enqueued 2 ms apart to an idle server; enqueue-to-start ms;
+* ``baseline``: not gqm, a yardstick for the machine of the day: a plain redis-py loop
+  (asyncio only; run on whichever backend is asked) storing a job hash field and pushing
+  its id (``HSET`` + ``LPUSH``, pipelined, one job per round trip, no Lua, no lease, no
+  id index); compare ``enqueue`` with it;
 * ``sustained`` (not in the default list; ``--scenarios sustained --duration 600``): a
   producer process enqueues at a steady rate (``--rate``, default 1,000 jobs/s) while the
   worker process serves; the worker samples its RSS every 10 s and reports the first and
@@ -57,6 +61,7 @@ SCENARIOS = [
     "payload10k",
     "payload100k",
     "latency",
+    "baseline",
 ]
 
 
@@ -132,6 +137,8 @@ async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
     if name in DRAINS:
         return await _drain(url, _drain_size(name, n), DRAINS[name][1])
     await _flush(url)
+    if name == "baseline":
+        return await _baseline(url, n)
     if name == "enqueue":
         async with gqm.Client(url) as client:
             await client.enqueue("noop", None)  # connect and load the script first
@@ -185,6 +192,29 @@ async def _e2e(url: str, n: int) -> dict[str, Any]:
         await done.wait()
         elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
         server.shutdown()
+    return {
+        "jobs": n,
+        "seconds": elapsed,
+        "jobs_per_s": n / elapsed,
+        "cpu_us_per_job": cpu / n * 1e6,
+    }
+
+
+async def _baseline(url: str, n: int) -> dict[str, Any]:
+    import redis.asyncio as redis  # only this yardstick uses redis-py
+
+    r = redis.Redis.from_url(url)
+    payload = json.dumps({"type": "noop", "payload": None})
+    await r.ping()
+    cpu0, t0 = _cpu(), time.perf_counter()
+    for i in range(n):
+        job_id = f"baseline-{i}"
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.hset("baseline:jobs", job_id, payload)
+            pipe.lpush("baseline:ready", job_id)
+            await pipe.execute()
+    elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    await r.aclose()
     return {
         "jobs": n,
         "seconds": elapsed,
@@ -295,6 +325,8 @@ async def _sustained(url: str, rate: int, duration: float, backend: str) -> dict
 
 
 def _run(backend: str, fn: Any, *args: Any) -> Any:
+    if backend == "trio" and fn is _scenario and args[0] == "baseline":
+        backend = "asyncio"  # redis-py cannot run on trio; the yardstick is the same
     if backend == "uvloop":
         import uvloop  # noqa: F401 - fail early if missing
 
