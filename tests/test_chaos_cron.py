@@ -105,7 +105,9 @@ async def test_cron_across_five_instances(
     the fires of every instance within one tick."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    chaos_s, down_s, after_s = (120.0, 10.0, 10.0) if STRESS else (7.0, 0.0, 3.0)
+    # The full outage lasts at least down_s, so that ticks pass with nobody to fire them
+    # however fast the new instances boot.
+    chaos_s, down_s, after_s = (120.0, 10.0, 10.0) if STRESS else (7.0, 1.5, 3.0)
     exec_log = tmp_path / "executions.log"
     args = worker_args(
         redis_url,
