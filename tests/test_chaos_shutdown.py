@@ -1,8 +1,8 @@
 """Graceful shutdown of real worker processes (RELIABILITY T4), beyond
 ``tests/test_process_faults.py``: jobs handed back at the end of the grace period run
 again on *another* running worker at once (not after a lease), and, in deep mode, the
-scenario's sizes (50 in-flight 5 s jobs drained within a 10 s grace; 50 60 s jobs
-handed back at a 10 s grace end); fast mode runs the same with fewer, shorter jobs.
+scenario's size (50 60 s jobs handed back at a 10 s grace end). Case 1 (jobs that
+finish within the grace) is ``test_process_faults.test_sigterm_drains_running_jobs``.
 
 Workers are ``tests/_worker_proc.py`` processes; executions are counted in a file.
 """
@@ -100,42 +100,3 @@ async def test_grace_end_hands_back_to_another_worker(
     )
     record_property("exit_s", round(exit_s, 3))
     record_property("rerun_s", round(rerun_s, 3))
-
-
-async def test_sigterm_drains_in_flight_jobs(
-    client: gqm.Client,
-    redis_url: str,
-    prefix: str,
-    anyio_backend: str,
-    tmp_path: Path,
-    record_property: Any,
-) -> None:
-    """T4 case 1: SIGTERM with in-flight jobs shorter than the grace: all complete on
-    this worker (none handed back) and it exits 0. Deep mode has the scenario's size
-    (50 jobs of 5 s, grace 10 s); fast mode 20 jobs of 1 s, grace 5 s."""
-    n, grace, job_s = (50, 10.0, 5.0) if STRESS else (20, 5.0, 1.0)
-    jobs = await _enqueue(client, n)
-    exec_log = tmp_path / "executions.log"
-    args = _args(
-        redis_url,
-        prefix,
-        anyio_backend,
-        exec_log,
-        "w",
-        mode="sleep",
-        sleep=job_s,
-        concurrency=n,
-        grace_period=grace,
-    )
-    async with worker_process(args, stderr_path=tmp_path / "w.stderr") as w:
-        await w.wait_started(n, timeout=START_TIMEOUT)
-        sent = anyio.current_time()
-        w.send_signal(signal.SIGTERM)
-        assert await w.wait_exit(timeout=grace + 15) == 0, w.describe()
-        exit_s = anyio.current_time() - sent
-    for job in jobs:
-        got = await client.get_job(job.id)
-        assert (got.status, got.attempt, got.result) == (gqm.JobStatus.COMPLETED, 1, "w"), got
-    assert sorted(_executions(exec_log).values()) == [1] * n
-    print(f"[{anyio_backend}] T4 drain: {n} jobs of {job_s:g}s, exit {exit_s:.2f}s after SIGTERM")
-    record_property("exit_s", round(exit_s, 3))

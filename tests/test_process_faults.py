@@ -19,6 +19,7 @@ import pytest
 
 import gqm
 
+from ._chaos import STRESS
 from ._worker_proc import JOB_TYPE, worker_process
 from .helpers import raw
 
@@ -165,9 +166,10 @@ async def test_sigterm_drains_running_jobs(
     tmp_path: Path,
     record_property: Any,
 ) -> None:
-    """T4 case 1 (fast): SIGTERM while 20 half-second jobs run: they finish within the
-    grace period, the process exits 0 before the grace period ends, none is handed back."""
-    n, grace = 20, 10.0
+    """T4 case 1: SIGTERM while jobs shorter than the grace run: they finish within the
+    grace period, the process exits 0 before the grace period ends, none is handed back.
+    Fast mode: 20 half-second jobs; deep mode the scenario's 50 jobs of 5 s (grace 10 s)."""
+    n, grace, job_s = (50, 10.0, 5.0) if STRESS else (20, 10.0, 0.5)
     jobs = await _enqueue(client, n)
     exec_log = tmp_path / "executions.log"
     args = _args(
@@ -177,7 +179,7 @@ async def test_sigterm_drains_running_jobs(
         exec_log,
         "w",
         mode="sleep",
-        sleep=0.5,
+        sleep=job_s,
         concurrency=n,
         grace_period=grace,
     )
