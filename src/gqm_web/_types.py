@@ -27,9 +27,21 @@ _END = r"$(?!\n)"
 #: characters in the ECMA regexes of JSON Schema than in Python's ``re``.
 _ID_CHAR = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
-#: What a refused path parameter is told (a regex is no answer for a person); the
-#: ``hint`` rides in ``Meta.extra``, which JSON Schema generation ignores.
-_ID_HINT = "1 to {n} characters, none of them whitespace or control characters"
+
+def _id_meta(max_length: int, description: str) -> Meta:
+    """The constraint of an id in a path: 1 to ``max_length`` characters of ``_ID_CHAR``.
+
+    Its ``hint`` is what a refused value is told (a regex is no answer for a person); it
+    rides in ``Meta.extra``, which JSON Schema generation ignores.
+    """
+    return Meta(
+        pattern=rf"^{_ID_CHAR}{{1,{max_length}}}{_END}",
+        description=description,
+        extra={
+            "hint": f"1 to {max_length} characters, none of them whitespace or control characters"
+        },
+    )
+
 
 QueueName = Annotated[
     str,
@@ -39,38 +51,10 @@ QueueName = Annotated[
         extra={"hint": "1 to 128 characters among A-Z a-z 0-9 . _ : -"},
     ),
 ]
-JobId = Annotated[
-    str,
-    Meta(
-        pattern=rf"^{_ID_CHAR}{{1,256}}{_END}",
-        description="A job id.",
-        extra={"hint": _ID_HINT.format(n=256)},
-    ),
-]
-EntryId = Annotated[
-    str,
-    Meta(
-        pattern=rf"^{_ID_CHAR}{{1,256}}{_END}",
-        description="A cron entry id.",
-        extra={"hint": _ID_HINT.format(n=256)},
-    ),
-]
-ServerId = Annotated[
-    str,
-    Meta(
-        pattern=rf"^{_ID_CHAR}{{1,256}}{_END}",
-        description="A server id.",
-        extra={"hint": _ID_HINT.format(n=256)},
-    ),
-]
-WorkerId = Annotated[
-    str,
-    Meta(
-        pattern=rf"^{_ID_CHAR}{{1,512}}{_END}",
-        description="A pool id: '<server id>:<pool name>'.",
-        extra={"hint": _ID_HINT.format(n=512)},
-    ),
-]
+JobId = Annotated[str, _id_meta(256, "A job id.")]
+EntryId = Annotated[str, _id_meta(256, "A cron entry id.")]
+ServerId = Annotated[str, _id_meta(256, "A server id.")]
+WorkerId = Annotated[str, _id_meta(512, "A pool id: '<server id>:<pool name>'.")]
 Page = Annotated[int, Meta(ge=1, le=10_000, description="1-based page number.")]
 Limit = Annotated[int, Meta(ge=1, le=100, description="Items per page.")]
 
