@@ -194,6 +194,24 @@ def report(record_property: Any, backend: str, title: str, **figures: Any) -> No
 # -- T5: Redis restart ----------------------------------------------------------------
 
 
+def restart_server(url: str, prefix: str) -> tuple[gqm.Server, Executions]:
+    """The server of the restart scenarios (T5, T7): short lease and socket timeout so
+    that an outage is noticed and recovered from quickly; its executions counted."""
+    server = gqm.Server(
+        url,
+        prefix=prefix,
+        handle_signals=False,
+        grace_period=2,
+        concurrency=20,
+        lease_ttl=3,
+        socket_timeout=2,
+        poll_interval=0.5,
+    )
+    execs = Executions()
+    server.handle(JOB, execs.handler)
+    return server, execs
+
+
 def _t5_sizes() -> tuple[int, int, float]:
     """(jobs, kill after this many acknowledged, seconds Redis stays down)."""
     return (4000, 1500, 3.0) if STRESS else (500, 200, 1.0)
@@ -211,18 +229,7 @@ async def test_t5a_redis_kill9_and_aof_restart(
     n, kill_at, down = _t5_sizes()
     with RedisProcess("--appendonly", "yes", "--appendfsync", "everysec") as redis:
         prefix = f"t5a{uuid.uuid4().hex[:6]}"
-        server = gqm.Server(
-            redis.url,
-            prefix=prefix,
-            handle_signals=False,
-            grace_period=2,
-            concurrency=20,
-            lease_ttl=3,
-            socket_timeout=2,
-            poll_interval=0.5,
-        )
-        execs = Executions()
-        server.handle(JOB, execs.handler)
+        server, execs = restart_server(redis.url, prefix)
         ids = job_ids(n)
         async with gqm.Client(redis.url, prefix=prefix, socket_timeout=2) as client:
             producer = Producer(client, pace=0.004)
@@ -289,18 +296,7 @@ async def test_t5b_redis_restart_with_empty_dataset(
     n, kill_at, down = _t5_sizes()
     with RedisProcess("--appendonly", "no") as redis:
         prefix = f"t5b{uuid.uuid4().hex[:6]}"
-        server = gqm.Server(
-            redis.url,
-            prefix=prefix,
-            handle_signals=False,
-            grace_period=2,
-            concurrency=20,
-            lease_ttl=3,
-            socket_timeout=2,
-            poll_interval=0.5,
-        )
-        execs = Executions()
-        server.handle(JOB, execs.handler)
+        server, execs = restart_server(redis.url, prefix)
         # A cron entry (never due in the test) whose definition must survive the reset.
         server.schedule(gqm.CronEntry(id="yearly", cron_expr="0 0 0 1 1 *", job_type=JOB))
         before, after = job_ids(kill_at, "pre"), job_ids(n - kill_at, "post")
@@ -370,18 +366,7 @@ async def test_t7_script_flush_every_500ms_and_restart(
     n = 2000 if STRESS else 400
     with RedisProcess("--appendonly", "yes", "--appendfsync", "everysec") as redis:
         prefix = f"t7{uuid.uuid4().hex[:6]}"
-        server = gqm.Server(
-            redis.url,
-            prefix=prefix,
-            handle_signals=False,
-            grace_period=2,
-            concurrency=20,
-            lease_ttl=3,
-            socket_timeout=2,
-            poll_interval=0.5,
-        )
-        execs = Executions()
-        server.handle(JOB, execs.handler)
+        server, execs = restart_server(redis.url, prefix)
         ids = job_ids(n)
         flushes = 0
         async with (
