@@ -29,7 +29,6 @@ import socket
 import struct
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Self
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
-from gqm._embedded import find_redis_server, free_port
+from gqm._embedded import find_redis_server, free_port, wait_until_ready
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -305,20 +304,8 @@ class RedisProcess:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    # -LOADING while the AOF is replayed: not ready yet.
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            # A child process coming up: there is no event to wait on, so retry briefly.
-            time.sleep(0.02)
+        if wait_until_ready(self.process, self.port, timeout):
+            return
         self.kill()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 

@@ -43,6 +43,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_ready(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """Wait until the redis-server ``process`` answers PING on ``port`` with PONG (not
+    ``-LOADING`` while it replays its data). False if it exited or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            pass
+        # A child process coming up: there is no event to wait on, so retry briefly.
+        time.sleep(0.02)
+    return False
+
+
 class EmbeddedRedis:
     """``with EmbeddedRedis() as url: ...`` runs a private redis-server meanwhile."""
 
@@ -75,18 +92,8 @@ class EmbeddedRedis:
             # server still drains; we stop it ourselves.
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self.url
-            except OSError:
-                # A child process coming up: there is no event to wait on, so retry briefly.
-                time.sleep(0.02)
+        if wait_until_ready(self.process, self.port, timeout):
+            return self.url
         self.stop()
         raise RuntimeError(f"redis-server ({self.executable}) did not start on port {self.port}")
 
