@@ -74,6 +74,16 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _throughput(n: int, elapsed: float, cpu: float) -> dict[str, Any]:
+    """The figures of a run of ``n`` jobs that took ``elapsed`` s and ``cpu`` s of CPU."""
+    return {
+        "jobs": n,
+        "seconds": elapsed,
+        "jobs_per_s": n / elapsed,
+        "cpu_us_per_job": cpu / n * 1e6,
+    }
+
+
 async def _flush(url: str) -> None:
     async with gqm.Client(url) as c:
         await (await c._conn.get()).execute("FLUSHALL")
@@ -125,12 +135,7 @@ async def _drain(url: str, n: int, workers: int) -> dict[str, float]:
         await done.wait()
         elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
         server.shutdown()
-    return {
-        "jobs": n,
-        "seconds": elapsed,
-        "jobs_per_s": n / elapsed,
-        "cpu_us_per_job": cpu / n * 1e6,
-    }
+    return _throughput(n, elapsed, cpu)
 
 
 async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
@@ -146,12 +151,7 @@ async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
             for _ in range(n):
                 await client.enqueue("noop", None)
             elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
-        return {
-            "jobs": n,
-            "seconds": elapsed,
-            "jobs_per_s": n / elapsed,
-            "cpu_us_per_job": cpu / n * 1e6,
-        }
+        return _throughput(n, elapsed, cpu)
     if name in ("batch100", "batch1000"):
         size = 100 if name == "batch100" else 1000
         async with gqm.Client(url) as client:
@@ -159,12 +159,7 @@ async def _scenario(name: str, url: str, n: int) -> dict[str, Any]:
             cpu0, t0 = _cpu(), time.perf_counter()
             await _enqueue_batches(client, n, None, size)
             elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
-        return {
-            "jobs": n,
-            "seconds": elapsed,
-            "jobs_per_s": n / elapsed,
-            "cpu_us_per_job": cpu / n * 1e6,
-        }
+        return _throughput(n, elapsed, cpu)
     if name == "e2e":
         return await _e2e(url, n)
     if name == "latency":
@@ -192,12 +187,7 @@ async def _e2e(url: str, n: int) -> dict[str, Any]:
         await done.wait()
         elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
         server.shutdown()
-    return {
-        "jobs": n,
-        "seconds": elapsed,
-        "jobs_per_s": n / elapsed,
-        "cpu_us_per_job": cpu / n * 1e6,
-    }
+    return _throughput(n, elapsed, cpu)
 
 
 async def _baseline(url: str, n: int) -> dict[str, Any]:
@@ -215,12 +205,7 @@ async def _baseline(url: str, n: int) -> dict[str, Any]:
             await pipe.execute()
     elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu0
     await r.aclose()
-    return {
-        "jobs": n,
-        "seconds": elapsed,
-        "jobs_per_s": n / elapsed,
-        "cpu_us_per_job": cpu / n * 1e6,
-    }
+    return _throughput(n, elapsed, cpu)
 
 
 async def _latency(url: str, n: int = 1000, spacing: float = 0.002) -> dict[str, Any]:
