@@ -26,6 +26,7 @@ import pytest
 
 import gqm
 
+from ._chaos import assert_queues_drained
 from .helpers import raw, serving
 from .invariants import assert_invariants
 from .test_stress import (
@@ -302,28 +303,9 @@ async def test_escalating_conservation(
     assert {q: counters[q] for q in QUEUES} == {q: (processed[q], failed[q]) for q in QUEUES}
 
     # Nothing left behind in any queue: no waiting, leased or deferred entry, no
-    # unapplied outbox entry, and no edge list orphaned by its parent's record (edge
-    # lists are kept, for graph reads, as long as the parent's record is).
-    driver = await client._conn.get()
-    for name in QUEUES:
-        q = client.keys.queue(name)
-        leftovers = await driver.pipeline(
-            [
-                ["LLEN", q.ready],
-                ["ZCARD", q.leases],
-                ["ZCARD", q.scheduled],
-                ["ZCARD", q.deferred],
-                ["LLEN", q.outbox],
-            ]
-        )
-        assert list(leftovers) == [0] * 5, (
-            f"{name}: ready/leases/scheduled/deferred/outbox = {leftovers}"
-        )
-        parents = await driver.execute("HKEYS", q.dependents)
-        if parents:
-            present = await driver.pipeline([["HEXISTS", q.jobs, p] for p in parents])
-            orphans = [p for p, ok in zip(parents, present, strict=True) if not ok]
-            assert not orphans, f"{name}: edge lists without a parent record: {orphans[:5]}"
+    # unapplied outbox entry; and (the invariant checker) no edge list orphaned by its
+    # parent's record (edge lists are kept, for graph reads, as long as the parent's is).
+    await assert_queues_drained(client, QUEUES)
     await assert_invariants(client, drained=True)
     assert after_tasks == baseline_tasks, f"tasks: {baseline_tasks} before, {after_tasks} after"
     assert [s.inflight for s in servers] == [0, 0, 0]
