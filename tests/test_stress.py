@@ -25,6 +25,7 @@ import sniffio
 
 import gqm
 
+from ._chaos import assert_queues_drained
 from .helpers import raw, serving
 from .invariants import assert_invariants
 
@@ -123,15 +124,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
         raise AssertionError(f"timed out after {timeout:g}s waiting for {what}") from None
 
 
-async def assert_drained(client: gqm.Client, queue: str) -> None:
-    """Nothing of ``queue`` is waiting, leased or scheduled any more."""
-    q = client.keys.queue(queue)
-    sizes = await (await client._conn.get()).pipeline(
-        [["LLEN", q.ready], ["ZCARD", q.leases], ["ZCARD", q.scheduled], ["ZCARD", q.deferred]]
-    )
-    assert list(sizes) == [0, 0, 0, 0], f"{queue}: ready/leased/scheduled/deferred = {sizes}"
-
-
 class Counted:
     """Counts handler runs per job id and signals when ``expected`` distinct jobs ran."""
 
@@ -197,7 +189,7 @@ async def test_data_integrity_10_producers(
     q = client.keys.queue("default")
     assert await raw(client, "ZCARD", q.completed) == n
     assert await raw(client, "HGET", q.meta, "processed") == str(n).encode()
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "DataIntegrity",
@@ -250,7 +242,7 @@ async def test_sustained_load(
             await counted.done.wait()
         drain = anyio.current_time() - stopped
     counted.assert_exactly_once(ids)
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "SustainedLoad",
@@ -291,7 +283,7 @@ async def test_burst_drain(client: gqm.Client, make_server: Callable[..., gqm.Se
         drain_s = anyio.current_time() - start
     counted.assert_exactly_once(ids)
     assert await raw(client, "ZCARD", client.keys.queue("default").completed) == n
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "BurstDrain",
@@ -349,7 +341,7 @@ async def test_high_concurrency(client: gqm.Client, make_server: Callable[..., g
         assert await raw(client, "ZCARD", client.keys.queue(name).completed) == len(
             [i for i in range(n) if names[i % 3] == name]
         )
-        await assert_drained(client, name)
+        await assert_queues_drained(client, [name])
     await assert_invariants(client, drained=True)
     report(
         "HighConcurrency",
@@ -435,7 +427,7 @@ async def test_mixed_workload(client: gqm.Client, make_server: Callable[..., gqm
     q = client.keys.queue("default")
     assert await raw(client, "ZCARD", q.completed) == 2 * each
     assert await raw(client, "ZCARD", q.dead) == 2 * each
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "MixedWorkload",
@@ -485,7 +477,7 @@ async def test_retry_storm(client: gqm.Client, make_server: Callable[..., gqm.Se
         assert (stored.attempt, stored.retry_count) == (4, 3)
         assert stored.error == "ValueError: attempt 4 fails"
     assert await raw(client, "HGET", q.meta, "failed") == str(4 * n).encode()
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "RetryStorm",
@@ -544,7 +536,7 @@ async def test_graceful_shutdown_under_load(
             await counted.done.wait()
     counted.assert_exactly_once([j.id for j in jobs])
     assert await raw(client, "ZCARD", q.completed) == n
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "GracefulShutdown",
@@ -613,7 +605,7 @@ async def test_backpressure(
     counted.assert_exactly_once(ids)
     assert ping_latency, "the probe never ran"
     assert depth_max > 0
-    await assert_drained(client, "default")
+    await assert_queues_drained(client, ["default"])
     await assert_invariants(client, drained=True)
     report(
         "Backpressure",
