@@ -167,21 +167,19 @@ async def wait_drained(
 
 
 async def queue_counts(client: gqm.Client, queue: str = "default") -> dict[str, int]:
+    """The sizes of a queue's state indexes, read in one round trip."""
     q = client.keys.queue(queue)
     names = ("ready", "leases", "scheduled", "completed", "dead")
-    replies = [
-        await raw(client, "LLEN", q.ready),
-        await raw(client, "ZCARD", q.leases),
-        await raw(client, "ZCARD", q.scheduled),
-        await raw(client, "ZCARD", q.completed),
-        await raw(client, "ZCARD", q.dead),
-    ]
+    replies = await (await client._conn.get()).pipeline(
+        [
+            ["LLEN", q.ready],
+            ["ZCARD", q.leases],
+            ["ZCARD", q.scheduled],
+            ["ZCARD", q.completed],
+            ["ZCARD", q.dead],
+        ]
+    )
     return dict(zip(names, replies, strict=True))
-
-
-async def check_invariants(client: gqm.Client, *, drained: bool = False) -> None:
-    """The keyspace invariant checker (``tests/invariants.py``) over the test's prefix."""
-    await assert_invariants(client, drained=drained)
 
 
 def report(record_property: Any, backend: str, title: str, **figures: Any) -> None:
@@ -253,7 +251,7 @@ async def test_t5a_redis_kill9_and_aof_restart(
                 lost = await wait_drained(client, execs, ids, timeout=60)
                 await execs.wait_for(delayed, timeout=30)
             counts = await queue_counts(client)
-            await check_invariants(client, drained=True)
+            await assert_invariants(client, drained=True)
     in_window = sum(1 for t in producer.acked.values() if killed_at - 1.0 <= t <= killed_at)
     late = [i for i in lost if producer.acked[i] < killed_at - 2.0]
     after = [execs.first[i] for i, t in producer.acked.items() if t >= up_at and i in execs.first]
@@ -331,7 +329,7 @@ async def test_t5b_redis_restart_with_empty_dataset(
                         await anyio.sleep(0.05)
             lost_before = [i for i in before if i not in execs.runs]
             counts = await queue_counts(client)
-            await check_invariants(client, drained=True)
+            await assert_invariants(client, drained=True)
     resume = min(execs.first[i] for i in after) - up_at
     noticed = [r for r in caplog.records if "dataset was" in r.getMessage()]
     detected = min(r.created for r in noticed) - up_wall if noticed else float("nan")
@@ -396,7 +394,7 @@ async def test_t7_script_flush_every_500ms_and_restart(
                 await execs.wait_for(ids, timeout=60)
                 stop.set()
             counts = await queue_counts(client)
-            await check_invariants(client, drained=True)
+            await assert_invariants(client, drained=True)
     script_errors = [r.getMessage() for r in caplog.records if "NOSCRIPT" in r.getMessage().upper()]
     report(
         record_property,
@@ -449,7 +447,7 @@ async def test_client_pause_mid_run(
             await producer.run(ids[n // 2 :])
             await execs.wait_for(ids, timeout=60)
         counts = await queue_counts(client)
-        await check_invariants(client, drained=True)
+        await assert_invariants(client, drained=True)
     after = [execs.first[i] for i in ids[n // 2 :]]
     report(
         record_property,
@@ -525,7 +523,7 @@ async def test_t9_noeviction_oom_then_drain(
             index = await raw(client, "HLEN", client.keys.ids)
             used = await raw(client, "INFO", "memory")
             stored = await raw(client, "HLEN", client.keys.queue("default").jobs)
-            await check_invariants(client)
+            await assert_invariants(client)
             # A second server, started while Redis is full, must come up too, although
             # its cron entry cannot be written yet: its heartbeat writes it later.
             assert await client.cron_entries() == []
@@ -541,7 +539,7 @@ async def test_t9_noeviction_oom_then_drain(
                     while not await client.cron_entries():  # noqa: ASYNC110
                         await anyio.sleep(0.1)
                 assert [e.id for e in await client.cron_entries()] == ["yearly"]
-            await check_invariants(client, drained=True)
+            await assert_invariants(client, drained=True)
             left = await raw(client, "HLEN", client.keys.queue("default").jobs)
     peak = next(
         line.split(b":")[1].decode()

@@ -27,12 +27,12 @@ from gqm import _scripts as scripts
 
 from .faultproxy import FaultProxy
 from .helpers import raw, serving
+from .invariants import assert_invariants
 from .test_redis_faults import (
     JOB,
     STRESS,
     Executions,
     Producer,
-    check_invariants,
     job_ids,
     queue_counts,
     report,
@@ -207,7 +207,7 @@ async def test_t6_connection_faults(
                     while (await queue_counts(client))["completed"] < n:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
             counts = await queue_counts(client)
-            await check_invariants(client, drained=True)
+            await assert_invariants(client, drained=True)
     lost = [i for i in ids if i not in execs.runs]
     twice = [i for i, c in replays.created.items() if c > 1]
     detected = (
@@ -341,7 +341,7 @@ async def test_t12_unique_race(
         # The dead-letter record is retained (30 days): its id stays taken.
         with pytest.raises(gqm.DuplicateJobError) as taken:
             await client.enqueue("fail", 1, job_id=fail_key, unique=True)
-    await check_invariants(client, drained=True)
+    await assert_invariants(client, drained=True)
     report(
         record_property,
         anyio_backend,
@@ -410,7 +410,7 @@ async def test_t12_unique_race_through_resets(
     assert records is not None, "the job exists"
     assert resets > 0
     assert dropped > 0
-    await check_invariants(client, drained=True)
+    await assert_invariants(client, drained=True)
     execs = Executions()
     server = gqm.Server(
         redis_server.url, prefix=prefix, handle_signals=False, grace_period=2, completed_ttl=0
@@ -450,4 +450,4 @@ async def test_lost_enqueue_reply_is_replayed(
         assert await raw(client, "LLEN", client.keys.queue("default").ready) == size
         for job in jobs:
             assert (await client.get_job(job.id)).status == gqm.JobStatus.READY
-        await check_invariants(client)
+        await assert_invariants(client)

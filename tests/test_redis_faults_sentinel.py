@@ -22,12 +22,12 @@ import gqm
 
 from .faultproxy import RedisProcess, SentinelProcess
 from .helpers import serving
+from .invariants import assert_invariants
 from .test_redis_faults import (
     JOB,
     STRESS,
     Executions,
     Producer,
-    check_invariants,
     existing,
     job_ids,
     queue_counts,
@@ -192,7 +192,7 @@ async def _stream_through_failover(
             lost = await wait_drained(client, execs, [*ids, *probes], timeout=60)
         counts = await queue_counts(client)
         kept = await existing(client, "default", [*ids, *probes])
-        await check_invariants(client, drained=True)
+        await assert_invariants(client, drained=True)
         role = await _sentinel_reply(setup.replica.port, "ROLE")
     # Resumption on the new primary: the first acknowledgement and the first run after
     # the old primary stopped taking writes.
