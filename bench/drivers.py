@@ -8,7 +8,9 @@ driver/backend pair runs in its own subprocess:
 * ``evalsha``: ``--n`` sequential ``EVALSHA`` calls of a trivial script, one at a time;
 * ``pipeline``: ``--pipelines`` sequential pipelines of ``--size`` such ``EVALSHA``.
 
-Pairs: redis-py (asyncio), coredis (asyncio, trio), resp (asyncio, trio). Reported:
+Pairs: redis-py (asyncio), coredis (asyncio, trio), resp (asyncio, uvloop, trio) and
+resp-anyio (asyncio; the resp driver on anyio streams, ``GQM_RESP_TRANSPORT=anyio``,
+which is what it did on asyncio before its asyncio protocol). Reported:
 calls per second (wall clock) and the process CPU time (user + system, from
 ``resource.getrusage``) per call, where a call is one ``execute`` or one ``pipeline``.
 The redis-server's own CPU time is not included. A short warm-up precedes each run.
@@ -39,6 +41,8 @@ PAIRS = [
     ("coredis", "asyncio"),
     ("coredis", "trio"),
     ("resp", "asyncio"),
+    ("resp", "uvloop"),
+    ("resp-anyio", "asyncio"),
     ("resp", "trio"),
 ]
 SCRIPT = "return ARGV[1]"
@@ -62,7 +66,7 @@ def _make(kind: str, url: str) -> Driver:
         return CoredisDriver.from_settings(settings)
     from gqm._redis._resp import RespDriver
 
-    return RespDriver.from_settings(settings)
+    return RespDriver(settings, transport="anyio" if kind == "resp-anyio" else "auto")
 
 
 async def _measure(kind: str, url: str, n: int, pipelines: int, size: int) -> dict[str, Any]:
@@ -101,7 +105,13 @@ async def _measure(kind: str, url: str, n: int, pipelines: int, size: int) -> di
 
 
 def _run_one(kind: str, backend: str, url: str, n: int, pipelines: int, size: int) -> None:
-    result = anyio.run(_measure, kind, url, n, pipelines, size, backend=backend)
+    if backend == "uvloop":
+        result = anyio.run(
+            _measure, kind, url, n, pipelines, size, backend="asyncio",
+            backend_options={"use_uvloop": True},
+        )  # fmt: skip
+    else:
+        result = anyio.run(_measure, kind, url, n, pipelines, size, backend=backend)
     print(json.dumps(result))
 
 
@@ -155,7 +165,7 @@ def main() -> None:
         f"best of {args.repeat} (CPU: the client process only, user + system)\n"
     )
     header = (
-        f"{'driver':<9} {'backend':<8} | {'EVALSHA/s':>10} {'CPU us/call':>12} "
+        f"{'driver':<10} {'backend':<8} | {'EVALSHA/s':>10} {'CPU us/call':>12} "
         f"| {'pipelines/s':>11} {'CPU us/pipeline':>15} {'CPU us/cmd':>10}"
     )
     print(header)
@@ -163,7 +173,7 @@ def main() -> None:
     for kind, backend, r in rows:
         e, p = r["evalsha"], r["pipeline"]
         print(
-            f"{kind:<9} {backend:<8} | {e['per_s']:>10,.0f} {e['cpu_us']:>12.1f} "
+            f"{kind:<10} {backend:<8} | {e['per_s']:>10,.0f} {e['cpu_us']:>12.1f} "
             f"| {p['per_s']:>11,.0f} {p['cpu_us']:>15.1f} {p['cpu_us'] / args.size:>10.1f}"
         )
 

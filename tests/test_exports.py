@@ -6,6 +6,8 @@ import ast
 import importlib
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import gqm
@@ -95,8 +97,14 @@ def _asyncio_imports(path: Path) -> list[int]:
     return sorted(lines)
 
 
+#: The one module allowed to import asyncio: the resp driver's transport on asyncio,
+#: loaded only when the running library is asyncio (see its docstring).
+ASYNCIO_TRANSPORT = "_redis/_asyncio_conn.py"
+
+
 def test_gqm_never_imports_asyncio() -> None:
-    """No module under ``src/gqm`` imports asyncio (gqm runs on anyio only)."""
+    """No module under ``src/gqm`` imports asyncio (gqm runs on anyio only), but the
+    resp driver's asyncio transport."""
     sources = sorted(SRC_GQM.rglob("*.py"))
     assert len(sources) > 10, f"found too few sources under {SRC_GQM}"
     offenders = {
@@ -104,19 +112,45 @@ def test_gqm_never_imports_asyncio() -> None:
         for path in sources
         if (lines := _asyncio_imports(path))
     }
-    assert offenders == {}
+    assert set(offenders) == {ASYNCIO_TRANSPORT}
+
+
+def test_gqm_on_trio_never_loads_asyncio() -> None:
+    """A trio program using gqm's client and driver does not load asyncio: the asyncio
+    transport is imported only on asyncio. Run in a fresh interpreter."""
+    code = (
+        "import sys, trio, gqm\n"
+        "from gqm._redis._resp import RespDriver\n"
+        "from gqm._redis._settings import RedisSettings\n"
+        "async def main():\n"
+        "    d = RespDriver(RedisSettings(url='redis://127.0.0.1:1', connect_timeout=1))\n"
+        "    try:\n"
+        "        await d.execute('PING')\n"
+        "    except gqm.RedisConnectionError:\n"
+        "        pass\n"
+        "trio.run(main)\n"
+        "print(sorted(m for m in sys.modules if m == 'asyncio' or m.startswith('gqm._redis')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert "gqm._redis._resp" in loaded
+    assert "asyncio" not in loaded
+    assert "gqm._redis._asyncio_conn" not in loaded
 
 
 def test_gqm_sources_have_no_textual_asyncio_import() -> None:
     """No line in ``src/gqm`` starts with ``import asyncio`` or ``from asyncio``
-    (also catches imports hidden in strings passed to ``exec``)."""
+    (also catches imports hidden in strings passed to ``exec``), but in the asyncio
+    transport."""
     pattern = re.compile(r"^\s*(import\s+asyncio\b|from\s+asyncio\b)", re.MULTILINE)
     offenders = [
         str(path.relative_to(SRC_GQM))
         for path in SRC_GQM.rglob("*.py")
         if pattern.search(path.read_text(encoding="utf-8"))
     ]
-    assert offenders == []
+    assert offenders == [ASYNCIO_TRANSPORT]
 
 
 def test_asyncio_import_detector_finds_imports(tmp_path: Path) -> None:

@@ -1,13 +1,16 @@
-"""The resp driver (RESP over anyio streams, parsed by hiredis), on asyncio and trio.
+"""The resp driver (RESP parsed by hiredis), on asyncio, uvloop and trio.
 
 The same contract as ``test_drivers.py`` (raw replies, errors in place in pipelines,
 NOSCRIPT, publish/subscribe, connection errors) against the session's redis-server,
 plus what a hand-written client must prove: AUTH (password and ACL user), SELECT,
 unix sockets, TLS, reconnection after ``CLIENT KILL``, cancellation and timeouts that
 never leave a reply unread on a reused connection, and a bounded pool under
-concurrency. A second, private redis-server (password, ACL user, DEBUG enabled, a unix
-socket, and a TLS port when ``openssl`` and a TLS-enabled redis-server are at hand) and
-small scripted fake servers cover what the shared one cannot.
+concurrency. Every async test runs four ways: on asyncio and on uvloop (the pool's
+connections are then asyncio protocols, ``_asyncio_conn``), on asyncio with
+``GQM_RESP_TRANSPORT=anyio`` and on trio (anyio streams). A second, private
+redis-server (password, ACL user, DEBUG enabled, a unix socket, and a TLS port when
+``openssl`` and a TLS-enabled redis-server are at hand) and small scripted fake servers
+cover what the shared one cannot.
 
 No sleeps: waits are on events, on ``wait_all_tasks_blocked``, or polls that are each
 a round trip to Redis, all bounded by ``fail_after``.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import shutil
 import socket
 import ssl
@@ -34,6 +38,7 @@ import pytest
 from anyio.abc import SocketAttribute
 
 from gqm._embedded import find_redis_server, free_port
+from gqm._redis._asyncio_conn import AsyncioConnection
 from gqm._redis._resp import RespDriver, _pack, _target
 from gqm._redis._settings import RedisSettings
 from gqm.errors import ConfigurationError, RedisConnectionError, RedisReplyError
@@ -44,6 +49,24 @@ if TYPE_CHECKING:
     from anyio.abc import SocketStream
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}, "auto"), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}, "auto"), id="uvloop"),
+        pytest.param(("asyncio", {}, "anyio"), id="asyncio-streams"),
+        pytest.param(("trio", {}, "auto"), id="trio"),
+    ]
+)
+def anyio_backend(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict[str, Any]]:
+    """The backend, and the resp transport (``GQM_RESP_TRANSPORT``) its drivers use."""
+    backend, options, transport = request.param
+    monkeypatch.setenv("GQM_RESP_TRANSPORT", transport)
+    return backend, options
+
 
 UNKNOWN_SHA = "0" * 40
 PASSWORD = "s3cret:/@pw"  # characters that need quoting in a URL
@@ -1119,3 +1142,22 @@ def test_invalid_settings(settings: RedisSettings) -> None:
 def test_invalid_protocol() -> None:
     with pytest.raises(ConfigurationError):
         RespDriver(RedisSettings(), protocol=4)  # type: ignore[arg-type]
+
+
+def test_invalid_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="transport"):
+        RespDriver(RedisSettings(), transport="sockets")  # type: ignore[arg-type]
+    monkeypatch.setenv("GQM_RESP_TRANSPORT", "sockets")
+    with pytest.raises(ConfigurationError, match="transport"):
+        RespDriver(RedisSettings())
+
+
+async def test_pooled_connections_use_the_transport_asked_for(
+    driver: RespDriver, anyio_backend: tuple[str, dict[str, Any]]
+) -> None:
+    """An asyncio protocol on asyncio and uvloop by default, anyio streams otherwise
+    (what makes the four runs of this module cover both transports)."""
+    assert await driver.execute("PING") == b"PONG"
+    (conn,) = driver._idle
+    native = anyio_backend[0] == "asyncio" and os.environ["GQM_RESP_TRANSPORT"] == "auto"
+    assert isinstance(conn, AsyncioConnection) is native

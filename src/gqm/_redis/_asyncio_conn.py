@@ -1,0 +1,177 @@
+"""The resp driver's pooled connection on asyncio: a buffered protocol on the event loop.
+
+On asyncio (and uvloop) anyio's socket streams pay for their generality on every
+request: ``send`` yields to the loop once more after writing, and ``receive`` turns
+reading on and off again (two ``epoll_ctl`` calls) around each wait; the deadline
+scope and ``anyio.current_time()`` each look the running library up again. A request
+here is one ``transport.write`` and one wait on a future that the protocol resolves
+once the last reply is parsed: the socket stays registered for reading, replies are
+parsed straight from one preallocated buffer (no allocation per read) and the timeout
+is a timer on the loop. That halves the CPU time of a round trip (``bench/drivers.py``).
+
+The guarantees are the driver's (see ``_resp``): a request that is cancelled, times
+out or breaks leaves the connection unusable and the pool closes it; a connection the
+server closed fails the call that uses it next, never a later one silently.
+
+This is the one module of ``gqm`` that imports asyncio (DESIGN §1 bans it elsewhere):
+the driver only picks it when the running async library is asyncio; trio, and every
+subscription, uses anyio streams (``_resp._Connection``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    import ssl
+
+    import hiredis
+
+__all__ = ["AsyncioConnection"]
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    """Parses what arrives into replies and hands them to the waiting request."""
+
+    def __init__(self, reader: hiredis.Reader, more: object, push: type, read_size: int) -> None:
+        self._reader = reader
+        self._more = more
+        self._push = push
+        # A memoryview, not the bytearray: asyncio's TLS layer fills the rest of a
+        # partly filled buffer through a slice of it, which must not be a copy.
+        self._buffer = memoryview(bytearray(read_size))
+        #: The request in flight: its future, how many replies it wants, those read.
+        self.waiter: asyncio.Future[list[Any]] | None = None
+        self.wanted = 0
+        self.replies: list[Any] = []
+        #: Why the connection can no longer be used (set once, never cleared).
+        self.failure: BaseException | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._reader.feed(self._buffer, 0, nbytes)  # type: ignore[arg-type]  # any buffer
+        if self.waiter is not None:
+            self.collect()
+        # Else: nothing was asked (a RESP3 push, or a reply arriving after its request
+        # was abandoned, which closes the connection anyway); it stays in the reader.
+
+    def collect(self) -> None:
+        """Move complete replies to ``replies``; resolve the waiter once it has all."""
+        waiter = self.waiter
+        assert waiter is not None
+        reader, more, push, replies = self._reader, self._more, self._push, self.replies
+        try:
+            while len(replies) < self.wanted:
+                reply = reader.gets()
+                if reply is more:
+                    return
+                if type(reply) is not push:
+                    replies.append(reply)
+        except Exception as err:  # a malformed stream: the reader's protocolError
+            self.failure = err
+            if not waiter.done():
+                waiter.set_exception(err)
+            return
+        if not waiter.done():
+            waiter.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.failure is None:
+            self.failure = exc if exc is not None else anyio.EndOfStream()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self.failure)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: Redis never half-closes a connection
+
+
+def _expire(waiter: asyncio.Future[list[Any]]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class AsyncioConnection:
+    """One connection on the running asyncio loop (see the module docstring). Not safe
+    for concurrent use: the pool leases it to one request at a time."""
+
+    __slots__ = ("_loop", "_protocol", "_transport", "last_used")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        protocol: _Protocol,
+    ) -> None:
+        self._loop = loop
+        self._transport = transport
+        self._protocol = protocol
+        self.last_used = 0.0
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        host: str,
+        port: int,
+        path: str | None,
+        ssl_context: ssl.SSLContext | None,
+        reader: hiredis.Reader,
+        more: object,
+        push: type,
+        read_size: int,
+    ) -> AsyncioConnection:
+        """Open a TCP (asyncio sets ``TCP_NODELAY``), TLS or unix socket connection;
+        the caller bounds the wait (a cancel scope)."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Protocol:
+            return _Protocol(reader, more, push, read_size)
+
+        if path is not None:
+            transport, protocol = await loop.create_unix_connection(factory, path)
+        else:
+            transport, protocol = await loop.create_connection(
+                factory,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context is not None else None,
+            )
+        return cls(loop, transport, protocol)
+
+    @staticmethod
+    def now() -> float:
+        # Not loop.time(): uvloop's is cached per loop iteration, in whole milliseconds.
+        return time.monotonic()
+
+    async def request(self, payload: bytes, count: int, timeout: float | None) -> Any:
+        """Send ``payload`` and read ``count`` replies (0: one reply, not in a list)
+        within ``timeout`` seconds (``TimeoutError`` after that)."""
+        protocol = self._protocol
+        if protocol.failure is not None:
+            raise protocol.failure
+        loop = self._loop
+        waiter: asyncio.Future[list[Any]] = loop.create_future()
+        protocol.waiter = waiter
+        protocol.wanted = count or 1
+        protocol.replies = []
+        self._transport.write(payload)
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        try:
+            replies = await waiter
+        finally:
+            protocol.waiter = None
+            if timer is not None:
+                timer.cancel()
+        return replies if count else replies[0]
+
+    async def aclose(self) -> None:
+        """Close at once, discarding anything unsent or unread."""
+        self._transport.abort()
