@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import msgspec
 import pytest
 
@@ -166,6 +167,79 @@ async def test_replayed_enqueue_is_not_a_duplicate(client: gqm.Client) -> None:
     assert first == [[0, b"ready"]]
     assert second == [[1, b"ready"]]
     assert await raw(client, "LLEN", q.ready) == 1
+
+
+def _enqueue_args(q: gqm._keys.QueueKeys, *jobs: tuple[str, bytes, str]) -> list[object]:
+    """enqueue.lua's ARGV for (id, record JSON, mode) jobs, each with its own nonce."""
+    args: list[object] = [q.wake]
+    for n, (job_id, record_json, mode) in enumerate(jobs):
+        args += [job_id, record_json, b"null", mode, 0, f"nonce-{n}"]
+    return args
+
+
+async def test_one_id_twice_in_one_call(client: gqm.Client) -> None:
+    """The script writes a call's jobs together at its end; an id given twice in one
+    call still makes one job, and the second is reported as its duplicate."""
+    q = client.keys.queue("default")
+    rec = b'{"id":"twice","type":"t","queue":"default"}'
+    reply = await run_script(
+        client,
+        "enqueue",
+        scripts.enqueue_keys(q),
+        _enqueue_args(q, ("twice", rec, "b"), ("twice", rec, "f")),
+    )
+    assert reply == [[0, b"ready"], [-1, b"ready"]]
+    assert await raw(client, "LRANGE", q.ready, 0, -1) == [b"twice"]
+    with pytest.raises(gqm.DuplicateJobError) as info:
+        await client.enqueue_batch(
+            [gqm.BatchItem("t", 1, job_id="b-1"), gqm.BatchItem("t", 2, job_id="b-1")]
+        )
+    assert info.value.job_id == "b-1"
+    assert (await client.get_job("b-1")).payload == 1
+
+
+async def test_batch_keeps_the_order_of_front_and_back_jobs(client: gqm.Client) -> None:
+    """Back jobs and at_front jobs of one batch end where one-by-one enqueues put them."""
+    names = ["b1", "f1", "b2", "f2"]
+    await client.enqueue_batch(
+        [gqm.BatchItem("t", n, job_id=n, at_front=n.startswith("f")) for n in names]
+    )
+    q = client.keys.queue("default")
+    popped = [await raw(client, "RPOP", q.ready) for _ in names]
+    assert popped == [b"f2", b"f1", b"b1", b"b2"]
+
+
+async def test_the_script_sets_status_and_creation_time(client: gqm.Client) -> None:
+    """A plain job's record is stored without being decoded, with status, created_at
+    and the nonce appended: they win over stray copies in the client's record."""
+    q = client.keys.queue("default")
+    rec = b'{"id":"s-1","type":"t","queue":"default","status":"dead_letter","created_at":1}'
+    reply = await run_script(
+        client, "enqueue", scripts.enqueue_keys(q), _enqueue_args(q, ("s-1", rec, "b"))
+    )
+    assert reply == [[0, b"ready"]]
+    (now_s, _) = await raw(client, "TIME")
+    stored = await record(client, "default", "s-1")
+    assert stored.status == "ready"
+    assert stored.created_at is not None
+    assert abs(stored.created_at - int(now_s) * 1000) < 5000
+    assert msgspec.json.decode(await raw(client, "HGET", q.jobs, "s-1"))["nonce"] == "nonce-0"
+
+
+async def test_a_batch_into_an_empty_queue_wakes_fetchers_once(client: gqm.Client) -> None:
+    """One wake message per call that makes the ready list non-empty, none for a call
+    that adds to a non-empty list."""
+    q = client.keys.queue("wq")
+    driver = await client._driver()
+    async with driver.subscribe(q.wake) as sub:
+        await client.enqueue_batch([gqm.BatchItem("t", i, queue="wq") for i in range(3)])
+        await client.enqueue_batch([gqm.BatchItem("t", i, queue="wq") for i in range(2)])
+        await raw(client, "PUBLISH", q.wake, "end")  # delivered after the scripts' messages
+        messages = []
+        with anyio.fail_after(10):
+            while (message := (await sub.get_message())[1]) != b"end":
+                messages.append(message)
+    assert messages == [b"r"]
 
 
 async def test_payload_limit(client: gqm.Client) -> None:
