@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -27,6 +28,8 @@ class JobStatus(enum.StrEnum):
     STOPPED = "stopped"
     FAILED = "failed"
 
+
+_STATUS = {s.value: s for s in JobStatus}
 
 #: States a job never leaves by itself; records in them expire after the retention TTL.
 TERMINAL_STATES = frozenset(
@@ -145,13 +148,13 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
     ) -> Job[P]:
         """The job of a stored record; ``lease_deadline_ms`` (the job's score in its
         queue's ``leases`` set) is kept only while the job is processing."""
-        processing = rec.status == JobStatus.PROCESSING
+        status = _STATUS.get(rec.status) or JobStatus(rec.status)
         return cls(
             id=rec.id,
             type=rec.type,
             queue=rec.queue,
             payload=payload,
-            status=JobStatus(rec.status),
+            status=status,
             attempt=rec.attempt,
             retry_count=rec.retry_count,
             recoveries=rec.recoveries,
@@ -165,7 +168,7 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
             scheduled_at=_ts(rec.scheduled_at),
             started_at=_ts(rec.started_at),
             completed_at=_ts(rec.completed_at),
-            lease_deadline=_ts(lease_deadline_ms) if processing else None,
+            lease_deadline=_ts(lease_deadline_ms) if status is JobStatus.PROCESSING else None,
             error=rec.error,
             worker_id=rec.worker_id,
             depends_on=tuple(rec.depends_on or ()),
@@ -177,6 +180,15 @@ class Job(msgspec.Struct, Generic[P], frozen=True, kw_only=True):
 
 _last_ms = 0
 _counter = 0
+
+#: The random bits of ids and nonces. Not ``os.urandom`` (a system call per id) and not
+#: the ``random`` module's shared generator (an application's ``random.seed(42)`` would
+#: make every process draw the same ids): a generator of our own, seeded from the OS,
+#: and seeded again in a forked child so that parent and child never draw alike.
+#: ``getrandbits`` is one C call, so threads cannot draw the same bits either.
+_rng = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
+random_bits = _rng.getrandbits
 
 
 def uuid7() -> str:
@@ -194,9 +206,8 @@ def uuid7() -> str:
             ms += 1
             _counter = 0
     else:
-        _counter = int.from_bytes(os.urandom(2)) & 0x3FF
+        _counter = random_bits(10)
     _last_ms = ms
-    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
+    value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | random_bits(62)
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._job import JobRecord, json_encoder, uuid7
+from ._job import JobRecord, json_encoder, random_bits, uuid7
 from ._keys import check_queue_name
 from ._task import Task, check_job_type
 from .errors import ConfigurationError, PayloadTooLargeError, SerializationError
@@ -119,4 +118,5 @@ def encode_record(rec: JobRecord) -> bytes:
 
 
 def new_nonce() -> str:
-    return os.urandom(8).hex()
+    """A fresh token telling one enqueue call from any other (replay detection)."""
+    return f"{random_bits(64):016x}"

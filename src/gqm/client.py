@@ -575,12 +575,13 @@ class Client(AdminMixin):
         timeout.
         """
         timeout = self._conn.settings.socket_timeout
-        started = anyio.current_time()
+        # Wall time, as the socket timeout is (and cheaper than asking the event loop).
+        started = time.monotonic()
         for _ in range(_ENQUEUE_REPLAYS):
             try:
                 return await call()
             except RedisConnectionError:
-                if timeout is not None and anyio.current_time() - started >= timeout / 2:
+                if timeout is not None and time.monotonic() - started >= timeout / 2:
                     raise
         return await call()
 
@@ -890,8 +891,10 @@ class Client(AdminMixin):
         return time.perf_counter() - started
 
 
-def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobRecord:
-    allowed = {
+#: The keyword options of ``enqueue`` that ``enqueue_at``/``enqueue_in`` and
+#: ``BatchItem`` pass through.
+_ENQUEUE_OPTIONS = frozenset(
+    {
         "queue",
         "max_retry",
         "timeout",
@@ -902,9 +905,13 @@ def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobR
         "at_front",
         "unique",
     }
-    unknown = set(options) - allowed
-    if unknown:
-        raise ConfigurationError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+)
+
+
+def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobRecord:
+    if options and not options.keys() <= _ENQUEUE_OPTIONS:
+        unknown = sorted(set(options) - _ENQUEUE_OPTIONS)
+        raise ConfigurationError(f"unknown enqueue option(s): {', '.join(unknown)}")
     return build_record(
         task,
         queue=options.get("queue"),
