@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
+import random
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
@@ -15,6 +19,7 @@ from hypothesis import strategies as st
 import gqm
 from gqm import _job
 from gqm._job import Job, JobRecord, record_decoder, record_encoder, uuid7
+from gqm._options import build_record, new_nonce
 
 # -- uuid7 -----------------------------------------------------------------------------
 
@@ -75,6 +80,32 @@ def test_uuid7_keeps_order_when_the_clock_goes_back(monkeypatch: pytest.MonkeyPa
     second = uuid7()
     assert first < second
     assert _ms_of(second) == 2_000_000_000_000
+
+
+def test_forked_children_draw_other_ids_and_nonces() -> None:
+    """The generator behind ids and nonces is seeded again in a forked child, and an
+    application's ``random.seed`` does not touch it: parent and child never draw alike."""
+    random.seed(42)
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads; the child here only
+        # draws two values and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report its draws and leave at once
+        try:
+            os.write(write_end, f"{new_nonce()} {uuid7()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_nonce, child_id = pipe.read().split()
+    os.waitpid(pid, 0)
+    random.seed(42)
+    nonce, job_id = new_nonce(), uuid7()
+    assert len(nonce) == len(child_nonce) == 16
+    assert nonce != child_nonce
+    assert job_id[-12:] != child_id[-12:]  # the last 48 of the 62 random bits
 
 
 # -- JobRecord JSON --------------------------------------------------------------------
@@ -197,6 +228,46 @@ def test_job_timestamps_are_exact_milliseconds(ms: int) -> None:
     rec = JobRecord(id="j", type="t", queue="q", started_at=ms)
     started = Job._from_record(rec, None).started_at
     assert started == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"queue": "emails"},
+        {"max_retry": 2},
+        {"timeout": 1.5},
+        {"retry_intervals": [1.0, 2.0]},
+        {"meta": {"k": "v"}},
+        {"enqueued_by": "api"},
+        {"job_id": "order-1", "unique": True},
+        {"at_front": True},
+    ],
+    ids=lambda options: ",".join(options) or "none",
+)
+@pytest.mark.parametrize("status", ["ready", "scheduled", "deferred"])
+def test_enqueued_job_is_the_job_of_its_record(options: dict[str, Any], status: str) -> None:
+    """The short way of building the job an enqueue returns gives the same job."""
+    rec = build_record(
+        "t",
+        **{
+            "queue": None,
+            "max_retry": None,
+            "timeout": None,
+            "retry_intervals": None,
+            "job_id": None,
+            "meta": None,
+            "enqueued_by": None,
+            "at_front": False,
+            "unique": False,
+            **options,
+        },
+    )
+    rec.status = status
+    assert Job._enqueued(rec, {"p": 1}) == Job._from_record(rec, {"p": 1})
+    if status == "deferred":
+        rec.depends_on, rec.pending, rec.allow_failure = ["a"], {"a": 1}, True
+        assert Job._enqueued(rec, None) == Job._from_record(rec, None)
 
 
 def test_job_is_frozen() -> None:

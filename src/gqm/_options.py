@@ -76,7 +76,7 @@ def build_record(
     unique: bool,
 ) -> JobRecord:
     """Validate the options of one enqueue and return the record to store."""
-    job_type = task.name if isinstance(task, Task) else check_job_type(task)
+    job_type = _job_type(task)
     if unique and job_id is None:
         raise ConfigurationError("unique=True needs an explicit job_id (the uniqueness key)")
     if max_retry is not None and (
@@ -98,11 +98,7 @@ def build_record(
     return JobRecord(
         id=uuid7() if job_id is None else check_job_id(job_id),
         type=job_type,
-        queue=check_queue_name(
-            queue
-            if queue is not None
-            else (task.queue if isinstance(task, Task) else None) or DEFAULT_QUEUE
-        ),
+        queue=_queue(task, queue),
         max_retry=max_retry,
         timeout=timeout_s,
         retry_intervals=intervals,
@@ -111,6 +107,23 @@ def build_record(
         unique=unique,
         at_front=at_front,
     )
+
+
+def plain_record(task: Task[Any] | str) -> JobRecord:
+    """The record of a job enqueued without any option (``build_record`` with every
+    option left out, minus its checks: the common batch item)."""
+    return JobRecord(id=uuid7(), type=_job_type(task), queue=_queue(task, None))
+
+
+def _job_type(task: Task[Any] | str) -> str:
+    return task.name if isinstance(task, Task) else check_job_type(task)
+
+
+def _queue(task: Task[Any] | str, queue: str | None) -> str:
+    """The queue asked for, else the task's, else the default one (validated)."""
+    if queue is None:
+        queue = (task.queue if isinstance(task, Task) else None) or DEFAULT_QUEUE
+    return check_queue_name(queue)
 
 
 def encode_record(rec: JobRecord) -> bytes:

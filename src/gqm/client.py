@@ -34,7 +34,14 @@ from ._job import (
     score_ms,
 )
 from ._keys import Keys, QueueKeys
-from ._options import build_record, encode_payload, encode_record, new_nonce, seconds
+from ._options import (
+    build_record,
+    encode_payload,
+    encode_record,
+    new_nonce,
+    plain_record,
+    seconds,
+)
 from ._redis import Arg, Command, Driver, RedisSettings, open_driver
 from ._results import DoneListener
 from .cron import CronSchedule
@@ -559,7 +566,7 @@ class Client(AdminMixin):
                 if code == -1:
                     duplicate = duplicate or DuplicateJobError(rec.id, st)
                     continue
-                jobs[i] = Job._from_record(_with_status(rec, st), payload)
+                jobs[i] = Job._enqueued(_with_status(rec, st), payload)
         if duplicate is not None:
             raise duplicate
         return [j for j in jobs if j is not None]
@@ -909,7 +916,9 @@ _ENQUEUE_OPTIONS = frozenset(
 
 
 def _record_from_options(task: Task[Any] | str, options: dict[str, Any]) -> JobRecord:
-    if options and not options.keys() <= _ENQUEUE_OPTIONS:
+    if not options:
+        return plain_record(task)
+    if not options.keys() <= _ENQUEUE_OPTIONS:
         unknown = sorted(set(options) - _ENQUEUE_OPTIONS)
         raise ConfigurationError(f"unknown enqueue option(s): {', '.join(unknown)}")
     return build_record(
