@@ -603,6 +603,22 @@ async def test_socket_timeout_drops_the_connection(
             assert await d.execute("CLIENT", "ID") != first_id
 
 
+async def test_socket_timeout_after_quick_requests(
+    redis_url: str, observer: RespDriver, prefix: str
+) -> None:
+    """The timeout of a request still applies after quick ones on the same connection
+    (on asyncio one timer per connection serves them all, set again as it fires)."""
+    async with resp_driver(redis_url, max_connections=1, socket_timeout=0.3) as d:
+        first_id = await d.execute("CLIENT", "ID")
+        for _ in range(50):
+            assert await d.execute("PING") == b"PONG"
+        with anyio.fail_after(10):
+            with pytest.raises(RedisConnectionError, match="timed out"):
+                await d.execute("BLPOP", f"{prefix}:list", 5)
+            assert await d.execute("CLIENT", "ID") != first_id
+            await connection_gone(observer, first_id)
+
+
 async def test_socket_timeout_on_a_busy_server(secure_redis: SecureRedis) -> None:
     """DEBUG SLEEP blocks the whole server: the call times out, and once the server is
     back, the next call on the same driver works."""

@@ -92,16 +92,11 @@ class _Protocol(asyncio.BufferedProtocol):
         return False  # close the transport: Redis never half-closes a connection
 
 
-def _expire(waiter: asyncio.Future[list[Any]]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class AsyncioConnection:
     """One connection on the running asyncio loop (see the module docstring). Not safe
     for concurrent use: the pool leases it to one request at a time."""
 
-    __slots__ = ("_loop", "_protocol", "_transport", "last_used")
+    __slots__ = ("_deadline", "_loop", "_protocol", "_transport", "_watchdog", "last_used")
 
     def __init__(
         self,
@@ -113,6 +108,9 @@ class AsyncioConnection:
         self._transport = transport
         self._protocol = protocol
         self.last_used = 0.0
+        #: The request's deadline (loop time), and the timer that enforces it.
+        self._deadline = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @classmethod
     async def connect(
@@ -163,15 +161,35 @@ class AsyncioConnection:
         protocol.wanted = count or 1
         protocol.replies = []
         self._transport.write(payload)
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        if timeout is not None:
+            # One timer per connection, not one per request: it is left to run out after
+            # a request completes, and when it fires it only looks whether the request
+            # then in flight is overdue, else sets itself for that request's deadline.
+            self._deadline = deadline = loop.time() + timeout
+            watchdog = self._watchdog
+            if watchdog is None or watchdog.when() > deadline:
+                if watchdog is not None:
+                    watchdog.cancel()
+                self._watchdog = loop.call_at(deadline, self._watch)
         try:
             replies = await waiter
         finally:
             protocol.waiter = None
-            if timer is not None:
-                timer.cancel()
         return replies if count else replies[0]
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        waiter = self._protocol.waiter
+        if waiter is None or waiter.done():
+            return  # no request in flight: the next one sets the timer again
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._watchdog = self._loop.call_at(self._deadline, self._watch)
 
     async def aclose(self) -> None:
         """Close at once, discarding anything unsent or unread."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._transport.abort()
