@@ -6,8 +6,8 @@ plus what a hand-written client must prove: AUTH (password and ACL user), SELECT
 unix sockets, TLS, reconnection after ``CLIENT KILL``, cancellation and timeouts that
 never leave a reply unread on a reused connection, and a bounded pool under
 concurrency. Every async test runs four ways: on asyncio and on uvloop (the pool's
-connections are then asyncio protocols, ``_asyncio_conn``), on asyncio with
-``GQM_RESP_TRANSPORT=anyio`` and on trio (anyio streams). A second, private
+connections are then asyncio protocols, ``_asyncio_conn``), on trio (bare sockets,
+``_trio_conn``) and on asyncio with ``GQM_RESP_TRANSPORT=anyio`` (anyio streams). A second, private
 redis-server (password, ACL user, DEBUG enabled, a unix socket, and a TLS port when
 ``openssl`` and a TLS-enabled redis-server are at hand) and small scripted fake servers
 cover what the shared one cannot.
@@ -39,8 +39,9 @@ from anyio.abc import SocketAttribute
 
 from gqm._embedded import find_redis_server, free_port
 from gqm._redis._asyncio_conn import AsyncioConnection
-from gqm._redis._resp import RespDriver, _pack, _target
+from gqm._redis._resp import RespDriver, _Connection, _pack, _target
 from gqm._redis._settings import RedisSettings
+from gqm._redis._trio_conn import TrioConnection
 from gqm.errors import ConfigurationError, RedisConnectionError, RedisReplyError
 
 if TYPE_CHECKING:
@@ -820,12 +821,18 @@ async def test_unix_socket(secure_redis: SecureRedis, prefix: str) -> None:
 # -- TLS ----------------------------------------------------------------------------------
 
 
-async def test_tls_with_an_ssl_context(tls_redis: SecureRedis, prefix: str) -> None:
+async def test_tls_with_an_ssl_context(
+    tls_redis: SecureRedis, prefix: str, anyio_backend: tuple[str, dict[str, Any]]
+) -> None:
     assert tls_redis.ca_file is not None
     context = ssl.create_default_context(cafile=tls_redis.ca_file)
     url = f"rediss://127.0.0.1:{tls_redis.tls_port}"
     async with resp_driver(url, password=PASSWORD, ssl_context=context) as d:
         assert await d.execute("PING") == b"PONG"
+        # On trio TLS keeps anyio's TLS stream: the bare socket carries ciphertext.
+        (conn,) = d._idle
+        native = anyio_backend[0] == "asyncio" and os.environ["GQM_RESP_TRANSPORT"] == "auto"
+        assert type(conn) is (AsyncioConnection if native else _Connection)
         big = b"x" * 300_000  # several TLS records
         assert await d.pipeline([("SET", f"{prefix}:big", big), ("GET", f"{prefix}:big")]) == [
             b"OK",
@@ -1171,9 +1178,12 @@ def test_invalid_transport(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_pooled_connections_use_the_transport_asked_for(
     driver: RespDriver, anyio_backend: tuple[str, dict[str, Any]]
 ) -> None:
-    """An asyncio protocol on asyncio and uvloop by default, anyio streams otherwise
-    (what makes the four runs of this module cover both transports)."""
+    """An asyncio protocol on asyncio and uvloop, the bare socket on trio, anyio streams
+    when asked for (what makes the four runs of this module cover every transport)."""
     assert await driver.execute("PING") == b"PONG"
     (conn,) = driver._idle
-    native = anyio_backend[0] == "asyncio" and os.environ["GQM_RESP_TRANSPORT"] == "auto"
-    assert isinstance(conn, AsyncioConnection) is native
+    if os.environ["GQM_RESP_TRANSPORT"] == "anyio":
+        expected: type = _Connection
+    else:
+        expected = AsyncioConnection if anyio_backend[0] == "asyncio" else TrioConnection
+    assert type(conn) is expected

@@ -60,11 +60,12 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from types import TracebackType
 
-    from anyio.abc import ByteStream
+    from anyio.abc import ByteStream, SocketStream
 
     from ._asyncio_conn import AsyncioConnection
     from ._protocol import Arg, Command, Subscription
     from ._settings import RedisSettings
+    from ._trio_conn import TrioConnection
 
 __all__ = ["RespDriver"]
 
@@ -171,8 +172,8 @@ def _is_unavailable(reply: object) -> bool:
     return isinstance(reply, RedisReplyError) and str(reply).startswith((*_AUTH_ERRORS, "LOADING"))
 
 
-def _on_asyncio() -> bool:
-    return sniffio.current_async_library() == "asyncio"
+def _current_library() -> str:
+    return sniffio.current_async_library()
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -366,8 +367,8 @@ class _Connection:
             await self.stream.aclose()
 
 
-#: A pooled connection: anyio streams, or the asyncio protocol.
-_PoolConnection: TypeAlias = "_Connection | AsyncioConnection"
+#: A pooled connection: the asyncio protocol, the trio socket, or anyio streams.
+_PoolConnection: TypeAlias = "_Connection | AsyncioConnection | TrioConnection"
 
 
 def _connection_error(err: BaseException, what: str) -> RedisConnectionError | None:
@@ -679,7 +680,8 @@ class RespDriver:
         try:
             with anyio.fail_after(self._connect_timeout):
                 conn: _PoolConnection
-                if pooled and not self._anyio_only and _on_asyncio():
+                library = None if self._anyio_only or not pooled else _current_library()
+                if library == "asyncio":
                     # Imported here: a trio application never loads asyncio through gqm.
                     from ._asyncio_conn import AsyncioConnection
 
@@ -692,6 +694,12 @@ class RespDriver:
                         more=_MORE,
                         push=_PUSH,
                         read_size=_READ_SIZE,
+                    )
+                elif library == "trio" and target.ssl_context is None:
+                    from ._trio_conn import TrioConnection
+
+                    conn = TrioConnection(
+                        await self._open_socket(), _new_reader(), _MORE, _PUSH, _READ_SIZE
                     )
                 else:
                     conn = _Connection(await self._open_stream())
@@ -715,8 +723,6 @@ class RespDriver:
 
     async def _open_stream(self) -> ByteStream:
         target = self._target
-        if target.path is not None:
-            return await anyio.connect_unix(target.path)
         if target.ssl_context is not None:
             return await anyio.connect_tcp(
                 target.host,
@@ -724,6 +730,13 @@ class RespDriver:
                 ssl_context=target.ssl_context,
                 tls_standard_compatible=False,
             )
+        return await self._open_socket()
+
+    async def _open_socket(self) -> SocketStream:
+        """A plain TCP or unix socket stream (no TLS)."""
+        target = self._target
+        if target.path is not None:
+            return await anyio.connect_unix(target.path)
         return await anyio.connect_tcp(target.host, target.port)
 
     # -- publish/subscribe -------------------------------------------------------------
