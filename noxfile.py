@@ -66,15 +66,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (bench/run.py) with uvloop available."""
-    _install_project(session, "uvloop")
+    """Run the benchmarks (bench/run.py) on asyncio, uvloop and trio."""
+    _install_project(session, "uvloop", "trio")
     session.run("python", "bench/run.py", *session.posargs)
 
 
 @nox.session
 def profile(session: nox.Session) -> None:
     """Profile one benchmark scenario with py-spy (bench/profile.py; default: drain)."""
-    _install_project(session, "uvloop")
+    _install_project(session, "uvloop", "trio")
     session.install("py-spy")
     session.run("python", "bench/profile.py", *session.posargs)
 
