@@ -9,8 +9,8 @@ driver/backend pair runs in its own subprocess:
 * ``pipeline``: ``--pipelines`` sequential pipelines of ``--size`` such ``EVALSHA``.
 
 Pairs: redis-py (asyncio), coredis (asyncio, trio), resp (asyncio, uvloop, trio) and
-resp-anyio (asyncio; the resp driver on anyio streams, ``GQM_RESP_TRANSPORT=anyio``,
-which is what it did on asyncio before its asyncio protocol). Reported:
+resp-anyio (asyncio, trio: the resp driver on anyio streams, ``GQM_RESP_TRANSPORT=anyio``,
+which is what it did before its asyncio protocol and bare trio sockets). Reported:
 calls per second (wall clock) and the process CPU time (user + system, from
 ``resource.getrusage``) per call, where a call is one ``execute`` or one ``pipeline``.
 The redis-server's own CPU time is not included. A short warm-up precedes each run.
@@ -42,8 +42,9 @@ PAIRS = [
     ("coredis", "trio"),
     ("resp", "asyncio"),
     ("resp", "uvloop"),
-    ("resp-anyio", "asyncio"),
     ("resp", "trio"),
+    ("resp-anyio", "asyncio"),
+    ("resp-anyio", "trio"),
 ]
 SCRIPT = "return ARGV[1]"
 WARMUP = 500
