@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 import gqm
 from gqm import _job
 from gqm._job import Job, JobRecord, record_decoder, record_encoder, uuid7
-from gqm._options import build_record, new_nonce
+from gqm._options import new_nonce
+from gqm.client import _record_from_options
 
 # -- uuid7 -----------------------------------------------------------------------------
 
@@ -248,21 +249,7 @@ def test_job_timestamps_are_exact_milliseconds(ms: int) -> None:
 @pytest.mark.parametrize("status", ["ready", "scheduled", "deferred"])
 def test_enqueued_job_is_the_job_of_its_record(options: dict[str, Any], status: str) -> None:
     """The short way of building the job an enqueue returns gives the same job."""
-    rec = build_record(
-        "t",
-        **{
-            "queue": None,
-            "max_retry": None,
-            "timeout": None,
-            "retry_intervals": None,
-            "job_id": None,
-            "meta": None,
-            "enqueued_by": None,
-            "at_front": False,
-            "unique": False,
-            **options,
-        },
-    )
+    rec = _record_from_options("t", options)  # the records of enqueue_batch's items
     rec.status = status
     assert Job._enqueued(rec, {"p": 1}) == Job._from_record(rec, {"p": 1})
     if status == "deferred":
