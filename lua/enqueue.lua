@@ -23,20 +23,13 @@ local wake = ARGV[1]
 local now = now_ms()
 local CHUNK = 500 -- jobs per multi-key call (Lua's unpack has a stack limit)
 
--- Write `items` (a flat list) with `cmd key ...` in calls of at most 2 * CHUNK args.
-local function write_all(cmd, key, items)
-  local n = #items
-  for first = 1, n, 2 * CHUNK do
-    redis.call(cmd, key, unpack(items, first, math.min(first + 2 * CHUNK - 1, n)))
+-- `cmd key ...items` in calls of at most `size` items each; returns the last reply.
+local function call_chunked(cmd, key, items, size)
+  local n, reply = #items, nil
+  for first = 1, n, size do
+    reply = redis.call(cmd, key, unpack(items, first, math.min(first + size - 1, n)))
   end
-end
-
-local function push_all(cmd, key, ids)
-  local n, len = #ids, 0
-  for first = 1, n, CHUNK do
-    len = redis.call(cmd, key, unpack(ids, first, math.min(first + CHUNK - 1, n)))
-  end
-  return len
+  return reply
 end
 
 local count = (#ARGV - 1) / 6
@@ -116,15 +109,15 @@ for k = 1, count do
   out[k] = { code, status }
 end
 
-if #records > 0 then
-  write_all('HSET', jobs, records)
-  write_all('HSET', payloads, datas)
+if #records > 0 then -- field, value pairs
+  call_chunked('HSET', jobs, records, 2 * CHUNK)
+  call_chunked('HSET', payloads, datas, 2 * CHUNK)
 end
 -- LPUSH at the back, RPUSH at the head (where workers pop); wake idle fetchers when the
 -- list was empty before this call.
 local pushed, len = #back + #front, 0
-if #back > 0 then len = push_all('LPUSH', ready, back) end
-if #front > 0 then len = push_all('RPUSH', ready, front) end
+if #back > 0 then len = call_chunked('LPUSH', ready, back, CHUNK) end
+if #front > 0 then len = call_chunked('RPUSH', ready, front, CHUNK) end
 if pushed > 0 and len == pushed then redis.call('PUBLISH', wake, 'r') end
 if earliest then
   local first = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-if TYPE_CHECKING:
-    import ssl
+from ._resp import _MORE, _PUSH, _READ_SIZE, _new_reader
 
-    import hiredis
+if TYPE_CHECKING:
+    from ._resp import _Target
 
 __all__ = ["AsyncioConnection"]
 
@@ -37,13 +37,11 @@ __all__ = ["AsyncioConnection"]
 class _Protocol(asyncio.BufferedProtocol):
     """Parses what arrives into replies and hands them to the waiting request."""
 
-    def __init__(self, reader: hiredis.Reader, more: object, push: type, read_size: int) -> None:
-        self._reader = reader
-        self._more = more
-        self._push = push
+    def __init__(self) -> None:
+        self._reader = _new_reader()
         # A memoryview, not the bytearray: asyncio's TLS layer fills the rest of a
         # partly filled buffer through a slice of it, which must not be a copy.
-        self._buffer = memoryview(bytearray(read_size))
+        self._buffer = memoryview(bytearray(_READ_SIZE))
         #: The request in flight: its future, how many replies it wants, those read.
         self.waiter: asyncio.Future[list[Any]] | None = None
         self.wanted = 0
@@ -65,13 +63,13 @@ class _Protocol(asyncio.BufferedProtocol):
         """Move complete replies to ``replies``; resolve the waiter once it has all."""
         waiter = self.waiter
         assert waiter is not None
-        reader, more, push, replies = self._reader, self._more, self._push, self.replies
+        reader, replies = self._reader, self.replies
         try:
             while len(replies) < self.wanted:
                 reply = reader.gets()
-                if reply is more:
+                if reply is _MORE:
                     return
-                if type(reply) is not push:
+                if type(reply) is not _PUSH:
                     replies.append(reply)
         except Exception as err:  # a malformed stream: the reader's protocolError
             self.failure = err
@@ -113,34 +111,20 @@ class AsyncioConnection:
         self._watchdog: asyncio.TimerHandle | None = None
 
     @classmethod
-    async def connect(
-        cls,
-        *,
-        host: str,
-        port: int,
-        path: str | None,
-        ssl_context: ssl.SSLContext | None,
-        reader: hiredis.Reader,
-        more: object,
-        push: type,
-        read_size: int,
-    ) -> AsyncioConnection:
+    async def connect(cls, target: _Target) -> AsyncioConnection:
         """Open a TCP (asyncio sets ``TCP_NODELAY``), TLS or unix socket connection;
-        the caller bounds the wait (a cancel scope)."""
+        the caller bounds the wait (a cancel scope) and sets it up (AUTH, SELECT)."""
         loop = asyncio.get_running_loop()
-
-        def factory() -> _Protocol:
-            return _Protocol(reader, more, push, read_size)
-
-        if path is not None:
-            transport, protocol = await loop.create_unix_connection(factory, path)
+        if target.path is not None:
+            transport, protocol = await loop.create_unix_connection(_Protocol, target.path)
         else:
+            tls = target.ssl_context
             transport, protocol = await loop.create_connection(
-                factory,
-                host,
-                port,
-                ssl=ssl_context,
-                server_hostname=host if ssl_context is not None else None,
+                _Protocol,
+                target.host,
+                target.port,
+                ssl=tls,
+                server_hostname=target.host if tls is not None else None,
             )
         return cls(loop, transport, protocol)
 

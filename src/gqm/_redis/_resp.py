@@ -52,7 +52,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 import hiredis
-import sniffio
+from sniffio import current_async_library
 
 from gqm.errors import ConfigurationError, RedisConnectionError, RedisReplyError
 
@@ -170,10 +170,6 @@ def _is_unavailable(reply: object) -> bool:
     dataset after a restart): a connection-level condition, to be retried, as redis-py
     and coredis report it, not a per-command reply."""
     return isinstance(reply, RedisReplyError) and str(reply).startswith((*_AUTH_ERRORS, "LOADING"))
-
-
-def _current_library() -> str:
-    return sniffio.current_async_library()
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -360,12 +356,13 @@ class _Connection:
         return replies if count else replies[0]
 
     async def aclose(self) -> None:
-        """Close the stream; shielded (it runs while being cancelled) and bounded."""
-        with (
-            anyio.move_on_after(_CLOSE_TIMEOUT, shield=True),
-            suppress(*_TRANSPORT_ERRORS),
-        ):
-            await self.stream.aclose()
+        await close_stream(self.stream)
+
+
+async def close_stream(stream: ByteStream) -> None:
+    """Close ``stream``; shielded (it runs while being cancelled) and bounded."""
+    with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True), suppress(*_TRANSPORT_ERRORS):
+        await stream.aclose()
 
 
 #: A pooled connection: the asyncio protocol, the trio socket, or anyio streams.
@@ -514,10 +511,10 @@ class RespDriver:
         socket on trio (see ``_asyncio_conn`` and ``_trio_conn``); ``"anyio"`` uses
         anyio streams everywhere.
         """
-        transport = transport or os.environ.get("GQM_RESP_TRANSPORT") or "auto"  # type: ignore[assignment]
-        if transport not in ("auto", "anyio"):
-            raise ConfigurationError(f"transport must be 'auto' or 'anyio', not {transport!r}")
-        self._anyio_only = transport == "anyio"
+        chosen = transport or os.environ.get("GQM_RESP_TRANSPORT") or "auto"
+        if chosen not in ("auto", "anyio"):
+            raise ConfigurationError(f"transport must be 'auto' or 'anyio', not {chosen!r}")
+        self._anyio_only = chosen == "anyio"
         if protocol not in (2, 3):
             raise ConfigurationError(f"protocol must be 2 or 3, not {protocol!r}")
         self._target = _target(settings, protocol)
@@ -682,27 +679,16 @@ class RespDriver:
         try:
             with anyio.fail_after(self._connect_timeout):
                 conn: _PoolConnection
-                library = None if self._anyio_only or not pooled else _current_library()
+                library = None if self._anyio_only or not pooled else current_async_library()
                 if library == "asyncio":
                     # Imported here: a trio application never loads asyncio through gqm.
                     from ._asyncio_conn import AsyncioConnection
 
-                    conn = await AsyncioConnection.connect(
-                        host=target.host,
-                        port=target.port,
-                        path=target.path,
-                        ssl_context=target.ssl_context,
-                        reader=_new_reader(),
-                        more=_MORE,
-                        push=_PUSH,
-                        read_size=_READ_SIZE,
-                    )
+                    conn = await AsyncioConnection.connect(target)
                 elif library == "trio" and target.ssl_context is None:
                     from ._trio_conn import TrioConnection
 
-                    conn = TrioConnection(
-                        await self._open_socket(), _new_reader(), _MORE, _PUSH, _READ_SIZE
-                    )
+                    conn = TrioConnection(await self._open_socket())
                 else:
                     conn = _Connection(await self._open_stream())
                 try:

@@ -16,39 +16,33 @@ stream that opened the socket is kept only to close it.
 from __future__ import annotations
 
 import math
-from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import trio
 from anyio.abc import SocketAttribute
 
+from ._resp import _MORE, _PUSH, _READ_SIZE, _new_reader, close_stream
+
 if TYPE_CHECKING:
     import socket
 
-    import hiredis
     from anyio.abc import SocketStream
 
 __all__ = ["TrioConnection"]
-
-_CLOSE_TIMEOUT = 5.0
 
 
 class TrioConnection:
     """One plain TCP or unix socket connection on trio (see the module docstring). Not
     safe for concurrent use: the pool leases it to one request at a time."""
 
-    __slots__ = ("_buffer", "_more", "_push", "_reader", "_sock", "_stream", "last_used")
+    __slots__ = ("_buffer", "_reader", "_sock", "_stream", "last_used")
 
-    def __init__(
-        self, stream: SocketStream, reader: hiredis.Reader, more: object, push: type, size: int
-    ) -> None:
+    def __init__(self, stream: SocketStream) -> None:
         self._stream = stream
         self._sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
-        self._reader = reader
-        self._more = more
-        self._push = push
-        self._buffer = bytearray(size)
+        self._reader = _new_reader()
+        self._buffer = bytearray(_READ_SIZE)
         self.last_used = 0.0
 
     @staticmethod
@@ -80,12 +74,11 @@ class TrioConnection:
 
     async def _receive(self, count: int) -> Any:
         sock, reader, buffer = self._sock, self._reader, self._buffer
-        more, push = self._more, self._push
         replies: list[Any] = []
         wanted = count or 1
         while len(replies) < wanted:
             reply = reader.gets()
-            if reply is more:
+            if reply is _MORE:
                 await trio.lowlevel.wait_readable(sock)
                 try:
                     received = sock.recv_into(buffer)
@@ -94,14 +87,9 @@ class TrioConnection:
                 if not received:
                     raise anyio.EndOfStream
                 reader.feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer
-            elif type(reply) is not push:
+            elif type(reply) is not _PUSH:
                 replies.append(reply)
         return replies if count else replies[0]
 
     async def aclose(self) -> None:
-        """Close the socket; shielded (it runs while being cancelled) and bounded."""
-        with (
-            anyio.move_on_after(_CLOSE_TIMEOUT, shield=True),
-            suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError),
-        ):
-            await self._stream.aclose()
+        await close_stream(self._stream)
